@@ -1,0 +1,124 @@
+"""The parity check every export passes before its manifest is written.
+
+Reference: the PyTorch model run on each probe text alone, unpadded, with the source
+tokenizer's ids, pooled by the formulas below. Candidate: slimembed's runtime on the exported
+directory, once with all probe texts in one padded batch (the manifest's padding side) and once
+one text at a time. Token ids from the Rust tokenizer must equal the source tokenizer's.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+from slimembed import Manifest, TextEmbedding, _core
+from slimembed_export.errors import ExportError
+
+_LONG = " ".join(
+    f"Sentence {i} of a long document about ONNX graphs, tokenizers and pooling." for i in range(60)
+)
+# Short, long (past most max lengths), empty, non-Latin and odd spacing.
+PROBE_TEXTS = (
+    "Hello world",
+    "What is the capital of France?",
+    "The quick brown fox jumps over the lazy dog near the riverbank at dawn.",
+    "",
+    "Embedding models map text to vectors; similar meanings lie close together.",
+    "Der schnelle braune Fuchs springt über den faulen Hund.",
+    "机器学习是人工智能的一个分支。",
+    "Привет, как дела?",
+    "   leading and trailing spaces   ",
+    "a",
+    _LONG,
+    "Numbers 12345 and symbols #@!$% mixed with words.",
+)
+
+
+def pool_reference(hidden: torch.Tensor, mode: str, normalize: bool) -> np.ndarray:
+    """Pool one unpadded (seq, dim) sequence the way the source libraries define each mode."""
+    h = hidden.double()
+    n = h.shape[0]
+    if n == 0:
+        vec = torch.zeros(h.shape[1], dtype=torch.float64)
+    elif mode == "cls":
+        vec = h[0]
+    elif mode == "mean":
+        vec = h.mean(0)
+    elif mode == "weighted_mean":
+        weights = torch.arange(1, n + 1, dtype=torch.float64)[:, None]
+        vec = (h * weights).sum(0) / weights.sum()
+    elif mode == "last_token":
+        vec = h[-1]
+    else:
+        raise ExportError(f"no reference for pooling {mode!r}")
+    if normalize:
+        vec = torch.nn.functional.normalize(vec, dim=0)
+    return vec.numpy()
+
+
+def check_parity(
+    model_dir: Path,
+    manifest: Manifest,
+    torch_model: torch.nn.Module,
+    hf_tokenizer: Any,
+    min_cosine: float,
+) -> dict[str, Any]:
+    """Measure the exported directory against the PyTorch model; raise if below ``min_cosine``."""
+    texts = list(PROBE_TEXTS)
+    runtime = TextEmbedding(model_dir)
+    tokenizer = _core.Tokenizer(model_dir / manifest.tokenizer_file)
+    ours = tokenizer.encode(
+        texts, add_special_tokens=manifest.add_special_tokens, max_length=manifest.max_length
+    )
+    reference = []
+    mismatched = []
+    for i, text in enumerate(texts):
+        ids = hf_tokenizer(
+            text,
+            add_special_tokens=manifest.add_special_tokens,
+            truncation=manifest.max_length is not None,
+            max_length=manifest.max_length,
+        )["input_ids"]
+        if list(ids) != ours.row(i).tolist():
+            mismatched.append(i)
+        with torch.no_grad():
+            tensor = torch.tensor([ids], dtype=torch.long)
+            hidden = torch_model(input_ids=tensor, attention_mask=torch.ones_like(tensor))
+        reference.append(
+            pool_reference(hidden.last_hidden_state[0], manifest.pooling, manifest.normalize)
+        )
+    if mismatched:
+        raise ExportError(
+            f"the Rust tokenizer's ids differ from the source tokenizer's for probe texts "
+            f"{[texts[i][:40] for i in mismatched]}"
+        )
+    ref = np.stack(reference)
+    batched = runtime.encode(texts, batch_size=len(texts))
+    single = runtime.encode(texts, batch_size=1)
+    figures = {
+        "probe_texts": len(texts),
+        "tokenizer_ids_equal": True,
+        "batch_min_cosine": _min_cosine(ref, batched),
+        "single_min_cosine": _min_cosine(ref, single),
+        "max_abs_diff": float(np.abs(ref - batched).max()),
+        "padding_side": manifest.padding_side,
+    }
+    worst = min(figures["batch_min_cosine"], figures["single_min_cosine"])
+    if not worst >= min_cosine:
+        raise ExportError(
+            f"exported graph does not match the PyTorch model: min cosine {worst:.7f} < "
+            f"{min_cosine} (figures: {figures})"
+        )
+    return figures
+
+
+def _min_cosine(a: np.ndarray, b: np.ndarray) -> float:
+    a64, b64 = a.astype(np.float64), b.astype(np.float64)
+    na, nb = np.linalg.norm(a64, axis=1), np.linalg.norm(b64, axis=1)
+    both_zero = (na == 0) & (nb == 0)
+    cos = (a64 * b64).sum(1) / np.maximum(na * nb, 1e-30)
+    cos[both_zero] = 1.0
+    return float(cos.min())

@@ -1,0 +1,55 @@
+# Type stubs for the Rust extension (rust/src/py.rs).
+
+from os import PathLike
+
+import numpy as np
+import numpy.typing as npt
+from typing_extensions import Self
+
+POOLING_MODES: list[str]
+
+class Tokenizer:
+    def __new__(cls, path: str | PathLike[str]) -> Self: ...
+    @staticmethod
+    def from_json(json: str) -> Tokenizer: ...
+    @property
+    def vocab_size(self) -> int: ...
+    def token_to_id(self, token: str) -> int | None: ...
+    def encode(
+        self,
+        texts: list[str],
+        *,
+        instructions: list[str] | None = None,
+        add_special_tokens: bool = True,
+        max_length: int | None = None,
+        prefix_ids: list[int] = ...,
+        suffix_ids: list[int] = ...,
+    ) -> Encoded: ...
+
+class Encoded:
+    def __len__(self) -> int: ...
+    def lengths(self) -> npt.NDArray[np.int64]: ...
+    def row(self, index: int) -> npt.NDArray[np.int64]: ...
+    def pad(
+        self,
+        rows: npt.NDArray[np.int64],
+        *,
+        padding_side: str = "right",
+        pad_id: int = 0,
+        positions: bool = False,
+    ) -> tuple[
+        npt.NDArray[np.int64],
+        npt.NDArray[np.int64],
+        npt.NDArray[np.int64],
+        npt.NDArray[np.int64] | None,
+    ]: ...
+
+def pool(
+    hidden: npt.NDArray[np.float32],
+    mask: npt.NDArray[np.int64],
+    mode: str,
+    *,
+    skip: npt.NDArray[np.int64] | None = None,
+    normalize: bool = False,
+    dim: int | None = None,
+) -> npt.NDArray[np.float32]: ...

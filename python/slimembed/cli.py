@@ -1,0 +1,139 @@
+"""The ``slimembed`` command: embed texts, export models, inspect model directories."""
+
+from __future__ import annotations
+
+import json
+import sys
+from pathlib import Path
+from typing import Any
+
+import click
+import numpy as np
+
+from slimembed.errors import SlimembedError
+
+
+@click.group()
+@click.version_option(package_name="slimembed")
+def main() -> None:
+    """slimembed: text embeddings on ONNX Runtime without PyTorch."""
+
+
+@main.command()
+@click.argument("model")
+@click.argument("texts", nargs=-1)
+@click.option(
+    "--file",
+    "-f",
+    "input_file",
+    type=click.Path(exists=True, dir_okay=False, path_type=Path),
+    help="Read texts from this file, one per line ('-' style stdin: omit TEXTS and --file).",
+)
+@click.option("--query", "prompt", flag_value="query", help="Apply the model's query prompt.")
+@click.option(
+    "--document", "prompt", flag_value="document", help="Apply the model's document prompt."
+)
+@click.option("--dim", type=int, default=None, help="Matryoshka: keep this many dimensions.")
+@click.option("--batch-size", type=int, default=64, show_default=True)
+@click.option(
+    "--threads", type=int, default=None, help="ONNX Runtime threads (default: all cores)."
+)
+@click.option("--cuda", is_flag=True, help="Run on the CUDA provider (error if unavailable).")
+@click.option(
+    "--output",
+    "-o",
+    type=click.Path(dir_okay=False, path_type=Path),
+    default=None,
+    help="Write vectors to a .npy file or as JSON lines (.jsonl) instead of printing a summary.",
+)
+def embed(
+    model: str,
+    texts: tuple[str, ...],
+    input_file: Path | None,
+    prompt: str | None,
+    dim: int | None,
+    batch_size: int,
+    threads: int | None,
+    cuda: bool,
+    output: Path | None,
+) -> None:
+    """Embed TEXTS (or the lines of --file, or stdin) with MODEL."""
+    from slimembed.text_embedding import TextEmbedding
+
+    items = list(texts)
+    if input_file is not None:
+        items += input_file.read_text(encoding="utf-8").splitlines()
+    if not items and not sys.stdin.isatty():
+        items = sys.stdin.read().splitlines()
+    if not items:
+        raise click.UsageError("no texts: pass TEXTS, --file, or pipe lines on stdin")
+    try:
+        embedder = TextEmbedding(model, threads=threads, cuda=cuda)
+        vectors = embedder.encode(
+            items, batch_size=batch_size, prompt=prompt, dim=dim, progress=len(items) > 1000
+        )
+    except SlimembedError as err:
+        raise click.ClickException(str(err)) from err
+    if output is None:
+        click.echo(f"{embedder!r}: {vectors.shape[0]} texts -> {vectors.shape[1]} dims")
+        for text, vec in zip(items, vectors, strict=True):
+            shown = " ".join(f"{x:+.4f}" for x in vec[:6])
+            click.echo(f"{text[:40]!r:44} [{shown} ...] |v|={np.linalg.norm(vec):.4f}")
+    elif output.suffix == ".npy":
+        np.save(output, vectors)
+        click.echo(f"wrote {vectors.shape} float32 to {output}")
+    else:
+        with output.open("w", encoding="utf-8") as fh:
+            for text, vec in zip(items, vectors, strict=True):
+                fh.write(json.dumps({"text": text, "embedding": vec.tolist()}) + "\n")
+        click.echo(f"wrote {len(items)} JSON lines to {output}")
+
+
+@main.command(name="export")
+@click.argument("source")
+@click.argument("out_dir", type=click.Path(file_okay=False, path_type=Path))
+@click.option(
+    "--pooling",
+    type=click.Choice(["cls", "mean", "weighted_mean", "last_token"]),
+    default=None,
+    help="Pooling (default: from the sentence-transformers config, else by architecture).",
+)
+@click.option("--normalize/--no-normalize", default=None, help="L2-normalize vectors.")
+@click.option(
+    "--max-length", type=int, default=None, help="Tokens per text, special tokens included."
+)
+@click.option("--padding-side", type=click.Choice(["left", "right"]), default=None)
+@click.option("--query-template", default=None, help="Query prompt, e.g. 'query: {text}'.")
+@click.option("--document-template", default=None, help="Document prompt, e.g. 'passage: {text}'.")
+@click.option("--revision", default=None, help="Hub revision to pin.")
+@click.option(
+    "--trust-remote-code", is_flag=True, help="Allow the source's own Python code to run."
+)
+def export_command(source: str, out_dir: Path, **options: Any) -> None:
+    """Export SOURCE (a Hugging Face model directory or hub id) to OUT_DIR and verify it."""
+    try:
+        from slimembed_export import ExportOptions, export_model
+    except ImportError as err:
+        raise click.ClickException(
+            f"the export pipeline is not installed ({err}); install it with "
+            "`pip install ./export` from a slimembed checkout (it brings torch and transformers)"
+        ) from err
+    try:
+        manifest = export_model(source, out_dir, ExportOptions(**options))
+    except SlimembedError as err:
+        raise click.ClickException(str(err)) from err
+    click.echo(f"exported {source} -> {out_dir} ({manifest.pooling} pooling, dim {manifest.dim})")
+    click.echo("parity: " + json.dumps(manifest.parity))
+
+
+@main.command()
+@click.argument("model_dir", type=click.Path(exists=True, file_okay=False, path_type=Path))
+def info(model_dir: Path) -> None:
+    """Print the manifest of MODEL_DIR: pooling, prompts, limits, source and parity figures."""
+    from slimembed.manifest import Manifest
+
+    try:
+        manifest = Manifest.load(model_dir)
+    except SlimembedError as err:
+        raise click.ClickException(str(err)) from err
+    click.echo(json.dumps(manifest.to_dict(), indent=2, ensure_ascii=False))

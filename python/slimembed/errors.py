@@ -1,0 +1,29 @@
+"""Errors raised by slimembed.
+
+Each subclasses the builtin that users already catch: an unknown model is also a ``ValueError``,
+a missing or corrupt model file also an ``OSError``, an unavailable provider also a
+``RuntimeError``. Invalid arguments (``None`` or a non-string among texts) raise plain
+``TypeError``/``ValueError``.
+"""
+
+from __future__ import annotations
+
+
+class SlimembedError(Exception):
+    """Base class of every error slimembed raises on its own account."""
+
+
+class UnknownModelError(SlimembedError, ValueError):
+    """The model name is neither a local directory, a registered model nor a hub id."""
+
+
+class ModelFileError(SlimembedError, OSError):
+    """A model file is missing, unreadable or corrupt; the message names the file."""
+
+
+class ManifestError(ModelFileError):
+    """The manifest is missing, of an unknown version, or breaks the model-directory contract."""
+
+
+class ProviderError(SlimembedError, RuntimeError):
+    """An execution provider was requested (CUDA) that this onnxruntime cannot give."""

@@ -1,0 +1,170 @@
+"""The model-directory contract: ``slimembed.json`` beside ``model.onnx`` and ``tokenizer.json``.
+
+Export writes it, the runtime reads it; this module is the only reader and writer of the
+format, which README.md documents field by field. Version 1 is the only version so far: an
+unknown version is refused rather than guessed at.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import asdict, dataclass, field, fields, replace
+from pathlib import Path
+from typing import Any
+
+from slimembed import _core
+from slimembed.errors import ManifestError
+
+MANIFEST_FILE = "slimembed.json"
+FORMAT = "slimembed-model"
+VERSION = 1
+POOLING_MODES: tuple[str, ...] = tuple(_core.POOLING_MODES)
+PADDING_SIDES = ("left", "right")
+PRECISIONS = ("fp32", "fp16", "int8")
+KINDS = ("transformer",)
+# Graph inputs the runtime knows how to feed; every graph needs the first two.
+GRAPH_INPUTS = ("input_ids", "attention_mask", "token_type_ids", "position_ids")
+
+
+@dataclass(frozen=True)
+class Prompt:
+    """How a text is dressed before it is embedded (as a query or as a document).
+
+    ``template`` contains ``{text}`` and optionally ``{instruction}``; ``instruction`` is the
+    default for the latter. With ``exclude_instruction`` the part of the template before
+    ``{text}`` is tokenized on its own and left out of pooling (GritLM). ``prefix_ids`` and
+    ``suffix_ids`` are token ids inserted around the text's tokens after tokenization (SGPT's
+    brackets, an appended EOS); truncation leaves room for them.
+    """
+
+    template: str = "{text}"
+    instruction: str | None = None
+    exclude_instruction: bool = False
+    prefix_ids: tuple[int, ...] = ()
+    suffix_ids: tuple[int, ...] = ()
+
+    def split(self, instruction: str | None = None) -> tuple[str, str]:
+        """The template's text before and after ``{text}``, with the instruction filled in."""
+        chosen = self.instruction if instruction is None else instruction
+        if "{instruction}" in self.template and chosen is None:
+            raise ValueError("this prompt needs an instruction and the model has no default one")
+        head, _, tail = self.template.partition("{text}")
+        return head.replace("{instruction}", chosen or ""), tail
+
+
+@dataclass(frozen=True)
+class Manifest:
+    """Everything the runtime needs to reproduce the source model's embeddings."""
+
+    dim: int
+    pooling: str
+    normalize: bool
+    max_length: int | None
+    padding_side: str
+    pad_id: int
+    kind: str = "transformer"
+    graph_file: str = "model.onnx"
+    graph_inputs: tuple[str, ...] = ("input_ids", "attention_mask")
+    graph_output: str = "last_hidden_state"
+    precision: str = "fp32"
+    tokenizer_file: str = "tokenizer.json"
+    add_special_tokens: bool = True
+    matryoshka_dims: tuple[int, ...] = ()
+    query: Prompt = field(default_factory=Prompt)
+    document: Prompt = field(default_factory=Prompt)
+    source: dict[str, Any] = field(default_factory=dict)
+    parity: dict[str, Any] = field(default_factory=dict)
+
+    def __post_init__(self) -> None:
+        _check(self.kind in KINDS, "kind", self.kind, f"one of {KINDS}")
+        _check(self.pooling in POOLING_MODES, "pooling", self.pooling, f"one of {POOLING_MODES}")
+        _check(
+            self.padding_side in PADDING_SIDES, "padding_side", self.padding_side, "left or right"
+        )
+        _check(self.precision in PRECISIONS, "precision", self.precision, f"one of {PRECISIONS}")
+        _check(self.dim > 0, "dim", self.dim, "a positive integer")
+        _check(
+            self.max_length is None or self.max_length > 0,
+            "max_length",
+            self.max_length,
+            "a positive integer or null",
+        )
+        _check(
+            {"input_ids", "attention_mask"} <= set(self.graph_inputs)
+            and set(self.graph_inputs) <= set(GRAPH_INPUTS),
+            "graph_inputs",
+            self.graph_inputs,
+            f"input_ids and attention_mask, optionally {GRAPH_INPUTS[2:]}",
+        )
+        _check(
+            all(0 < d <= self.dim for d in self.matryoshka_dims),
+            "matryoshka_dims",
+            self.matryoshka_dims,
+            f"dimensions between 1 and {self.dim}",
+        )
+        for name in ("query", "document"):
+            template = getattr(self, name).template
+            _check("{text}" in template, f"{name}.template", template, "a template with {text}")
+
+    def to_dict(self) -> dict[str, Any]:
+        body = asdict(self)
+        return {"format": FORMAT, "version": VERSION, **body}
+
+    def save(self, directory: str | Path) -> Path:
+        path = Path(directory) / MANIFEST_FILE
+        path.write_text(json.dumps(self.to_dict(), indent=2, ensure_ascii=False) + "\n")
+        return path
+
+    def with_changes(self, **changes: Any) -> Manifest:
+        return replace(self, **changes)
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any], *, origin: str = "manifest") -> Manifest:
+        if data.get("format") != FORMAT:
+            raise ManifestError(
+                f"{origin}: not a slimembed manifest (format is {data.get('format')!r})"
+            )
+        if data.get("version") != VERSION:
+            raise ManifestError(
+                f"{origin}: manifest version {data.get('version')!r} is not supported by this "
+                f"slimembed (it reads version {VERSION}); upgrade slimembed or re-export the model"
+            )
+        known = {f.name for f in fields(cls)}
+        body = {k: v for k, v in data.items() if k not in ("format", "version")}
+        unknown = sorted(set(body) - known)
+        if unknown:
+            raise ManifestError(f"{origin}: unknown fields {unknown}")
+        try:
+            for name in ("query", "document"):
+                if name in body:
+                    prompt = dict(body[name])
+                    for ids in ("prefix_ids", "suffix_ids"):
+                        prompt[ids] = tuple(int(i) for i in prompt.get(ids, ()))
+                    body[name] = Prompt(**prompt)
+            for name in ("graph_inputs", "matryoshka_dims"):
+                if name in body:
+                    body[name] = tuple(body[name])
+            return cls(**body)
+        except (TypeError, ValueError) as err:
+            raise ManifestError(f"{origin}: {err}") from err
+
+    @classmethod
+    def load(cls, directory: str | Path) -> Manifest:
+        path = Path(directory) / MANIFEST_FILE
+        if not path.is_file():
+            raise ManifestError(
+                f"{path} not found: {directory} is not a slimembed model directory "
+                "(make one with `slimembed export SOURCE OUT_DIR`)"
+            )
+        try:
+            data = json.loads(path.read_text(encoding="utf-8"))
+        except (OSError, UnicodeDecodeError, json.JSONDecodeError) as err:
+            raise ManifestError(f"{path} is unreadable: {err}") from err
+        if not isinstance(data, dict):
+            raise ManifestError(f"{path} does not hold a JSON object")
+        return cls.from_dict(data, origin=str(path))
+
+
+def _check(ok: bool, name: str, value: object, expected: str) -> None:
+    if not ok:
+        raise ValueError(f"{name} is {value!r}; expected {expected}")

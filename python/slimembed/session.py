@@ -1,0 +1,109 @@
+"""ONNX Runtime sessions: choosing providers and checking a graph against its manifest.
+
+A CUDA request is honoured or refused, never quietly served on CPU: ONNX Runtime itself falls
+back to CPU when the CUDA provider is listed but cannot start, so the providers the session
+really got are checked after it is created.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from pathlib import Path
+
+import onnxruntime as ort
+
+from slimembed.errors import ModelFileError, ProviderError
+from slimembed.manifest import Manifest
+
+CPU = "CPUExecutionProvider"
+CUDA = "CUDAExecutionProvider"
+# onnxruntime's own exception types for a graph it cannot read.
+_LOAD_ERRORS: tuple[type[BaseException], ...] = tuple(
+    getattr(ort.capi.onnxruntime_pybind11_state, name)
+    for name in ("Fail", "InvalidGraph", "InvalidProtobuf", "NoSuchFile", "InvalidArgument")
+    if hasattr(ort.capi.onnxruntime_pybind11_state, name)
+)
+
+
+def choose_providers(
+    providers: Sequence[str] | None = None,
+    cuda: bool = False,
+    device_id: int = 0,
+) -> list[str | tuple[str, dict[str, str]]]:
+    """The provider list for a session: ``cuda=True`` means CUDA first, then CPU.
+
+    Raises ProviderError when CUDA is asked for and this onnxruntime build has no CUDA provider.
+    """
+    chosen: list[str] = list(providers) if providers else ([CUDA, CPU] if cuda else [CPU])
+    if cuda and CUDA not in chosen:
+        chosen.insert(0, CUDA)
+    available = ort.get_available_providers()
+    missing = [p for p in chosen if p not in available]
+    if missing:
+        hint = " Install onnxruntime-gpu in place of onnxruntime." if CUDA in missing else ""
+        raise ProviderError(
+            f"execution provider(s) {missing} requested but this onnxruntime offers only "
+            f"{available}.{hint}"
+        )
+    return [(p, {"device_id": str(device_id)}) if p == CUDA else p for p in chosen]
+
+
+def create_session(
+    model_dir: Path,
+    manifest: Manifest,
+    providers: Sequence[str] | None = None,
+    cuda: bool = False,
+    device_id: int = 0,
+    threads: int | None = None,
+) -> ort.InferenceSession:
+    """Load the manifest's graph with the chosen providers and check it keeps the contract."""
+    path = model_dir / manifest.graph_file
+    if not path.is_file():
+        raise ModelFileError(f"{path} not found: the manifest names it as the model graph")
+    chosen = choose_providers(providers, cuda, device_id)
+    options = ort.SessionOptions()
+    options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
+    if threads is not None:
+        options.intra_op_num_threads = threads
+        options.inter_op_num_threads = 1
+    try:
+        session = ort.InferenceSession(str(path), sess_options=options, providers=chosen)
+    except _LOAD_ERRORS as err:
+        raise ModelFileError(f"{path} is not a loadable ONNX graph: {err}") from err
+    wanted = {p if isinstance(p, str) else p[0] for p in chosen}
+    lost = wanted - set(session.get_providers())
+    if lost:
+        raise ProviderError(
+            f"onnxruntime could not start {sorted(lost)} for {path} (it got "
+            f"{session.get_providers()}); check the CUDA and cuDNN libraries onnxruntime-gpu needs"
+        )
+    check_graph(session, manifest, path)
+    return session
+
+
+def check_graph(session: ort.InferenceSession, manifest: Manifest, path: Path) -> None:
+    """The graph takes the manifest's int64 inputs and gives a float32 (batch, seq, dim) output."""
+    inputs = {i.name: i for i in session.get_inputs()}
+    if set(inputs) != set(manifest.graph_inputs):
+        raise ModelFileError(
+            f"{path}: graph inputs {sorted(inputs)} differ from the manifest's "
+            f"{sorted(manifest.graph_inputs)}"
+        )
+    for name, meta in inputs.items():
+        if meta.type != "tensor(int64)":
+            raise ModelFileError(f"{path}: input {name!r} is {meta.type}, the contract says int64")
+    outputs = {o.name: o for o in session.get_outputs()}
+    out = outputs.get(manifest.graph_output)
+    if out is None:
+        raise ModelFileError(
+            f"{path}: no output {manifest.graph_output!r} (outputs: {sorted(outputs)})"
+        )
+    if out.type != "tensor(float)" or len(out.shape) != 3:
+        raise ModelFileError(
+            f"{path}: output {out.name!r} is {out.type} of rank {len(out.shape)}; the contract "
+            "says float32 (batch, seq, dim)"
+        )
+    if isinstance(out.shape[2], int) and out.shape[2] != manifest.dim:
+        raise ModelFileError(
+            f"{path}: output dim {out.shape[2]} but the manifest says {manifest.dim}"
+        )

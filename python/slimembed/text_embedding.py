@@ -1,0 +1,315 @@
+"""The user API: ``TextEmbedding``, named and shaped after fastembed's so a user changes one import.
+
+Performance notes:
+- Texts are tokenized a chunk at a time in one Rust call (GIL released, parallel), kept unpadded
+  in Rust, sorted by length, and padded per batch; the original order is restored before any
+  vector is yielded.
+- Pooling, normalization and Matryoshka truncation are one Rust call per batch.
+- The only per-text Python work is the type check at the edge.
+"""
+
+from __future__ import annotations
+
+import os
+import threading
+from collections.abc import Iterable, Iterator, Sequence, Sized
+from itertools import islice
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import numpy.typing as npt
+
+from slimembed import _core, env, hub, registry
+from slimembed.batching import plan_batches
+from slimembed.errors import ModelFileError
+from slimembed.manifest import Manifest, Prompt
+from slimembed.session import create_session
+
+DEFAULT_BATCH_SIZE = 256
+DEFAULT_MAX_TOKENS = 8192
+# Texts tokenized and length-sorted together; larger chunks pad less but yield later.
+CHUNK_SIZE = 2048
+
+Vector = npt.NDArray[np.float32]
+
+
+class TextEmbedding:
+    """Embed texts with a slimembed model directory on ONNX Runtime (CPU or CUDA).
+
+    Args:
+        model_name: a model directory made by ``slimembed export``, or a Hugging Face id of a
+            repository holding one (downloaded into ``cache_dir``).
+        cache_dir: where hub downloads are kept (default: ``SLIMEMBED_CACHE_DIR`` or
+            ``~/.cache/slimembed``).
+        threads: ONNX Runtime intra-op threads (default: ``SLIMEMBED_THREADS``, else all cores).
+        providers: ONNX Runtime execution providers, e.g. ``["CUDAExecutionProvider"]``.
+        cuda: use the CUDA provider; raises ProviderError where it is not available.
+        device_id: the CUDA device.
+        lazy_load: load the graph on first use instead of now.
+        revision: hub revision (branch, tag or commit) to pin.
+        local_files_only: never download; use the cache only.
+        max_tokens: padded tokens per batch at most (bounds memory for long texts).
+    """
+
+    def __init__(
+        self,
+        model_name: str | os.PathLike[str],
+        cache_dir: str | os.PathLike[str] | None = None,
+        threads: int | None = None,
+        providers: Sequence[str] | None = None,
+        cuda: bool = False,
+        device_id: int = 0,
+        lazy_load: bool = False,
+        revision: str | None = None,
+        local_files_only: bool = False,
+        max_tokens: int = DEFAULT_MAX_TOKENS,
+    ) -> None:
+        if max_tokens < 1:
+            raise ValueError(f"max_tokens must be >= 1, got {max_tokens}")
+        self.model_name = str(model_name)
+        self.model_dir: Path = hub.resolve(
+            model_name, cache_dir=cache_dir, revision=revision, local_files_only=local_files_only
+        )
+        self.manifest = Manifest.load(self.model_dir)
+        self.threads = env.default_threads() if threads is None else threads
+        self.max_tokens = max_tokens
+        self._session_args: dict[str, Any] = {
+            "providers": providers,
+            "cuda": cuda,
+            "device_id": device_id,
+            "threads": self.threads,
+        }
+        tokenizer_path = self.model_dir / self.manifest.tokenizer_file
+        try:
+            self._tokenizer = _core.Tokenizer(tokenizer_path)
+        except FileNotFoundError as err:
+            raise ModelFileError(f"{tokenizer_path} not found: {err}") from err
+        except ValueError as err:
+            raise ModelFileError(f"{tokenizer_path} is corrupt: {err}") from err
+        self._session: Any = None
+        self._lock = threading.Lock()
+        if not lazy_load:
+            self._load()
+
+    # ---- fastembed-compatible API -------------------------------------------------------
+
+    @property
+    def embedding_size(self) -> int:
+        """Dimension of the vectors ``embed`` yields without ``dim``."""
+        return self.manifest.dim
+
+    @classmethod
+    def list_supported_models(cls) -> list[dict[str, Any]]:
+        """The registry of known models, one dict per model (as fastembed's)."""
+        return [spec.to_dict() for spec in registry.all_specs()]
+
+    def embed(
+        self,
+        texts: str | Iterable[str],
+        batch_size: int = DEFAULT_BATCH_SIZE,
+        *,
+        dim: int | None = None,
+        progress: bool = False,
+    ) -> Iterator[Vector]:
+        """Yield one float32 vector per text, in input order, with no prompt added.
+
+        A bare string is one text; an empty string is embedded like any other (its vector comes
+        from the special tokens alone); texts longer than the model's max length are truncated.
+        ``dim`` keeps the first ``dim`` components (Matryoshka) and renormalizes them when the
+        model normalizes. Raises TypeError naming the position of ``None`` or a non-string.
+        """
+        return self._stream(texts, None, None, batch_size, dim, progress)
+
+    def query_embed(
+        self,
+        query: str | Iterable[str],
+        batch_size: int = DEFAULT_BATCH_SIZE,
+        *,
+        instruction: str | None = None,
+        dim: int | None = None,
+        progress: bool = False,
+    ) -> Iterator[Vector]:
+        """Like ``embed`` with the model's query prompt.
+
+        ``instruction`` replaces the prompt's default task instruction.
+        """
+        return self._stream(query, self.manifest.query, instruction, batch_size, dim, progress)
+
+    def passage_embed(
+        self,
+        texts: str | Iterable[str],
+        batch_size: int = DEFAULT_BATCH_SIZE,
+        *,
+        dim: int | None = None,
+        progress: bool = False,
+    ) -> Iterator[Vector]:
+        """Like ``embed`` with the model's document prompt (never a query instruction)."""
+        return self._stream(texts, self.manifest.document, None, batch_size, dim, progress)
+
+    def encode(
+        self,
+        texts: str | Iterable[str],
+        batch_size: int = DEFAULT_BATCH_SIZE,
+        *,
+        prompt: str | None = None,
+        instruction: str | None = None,
+        dim: int | None = None,
+        progress: bool = False,
+    ) -> npt.NDArray[np.float32]:
+        """All vectors as one ``(n, dim)`` float32 array.
+
+        ``prompt`` is ``None`` (no prompt), ``"query"`` or ``"document"``.
+        """
+        prompts = {None: None, "query": self.manifest.query, "document": self.manifest.document}
+        if prompt not in prompts:
+            raise ValueError(f"prompt must be None, 'query' or 'document', got {prompt!r}")
+        if instruction is not None and prompt != "query":
+            raise ValueError("an instruction applies to queries only: pass prompt='query'")
+        chosen = prompts[prompt]
+        width = self._check_dim(dim)
+        if batch_size < 1:
+            raise ValueError(f"batch_size must be >= 1, got {batch_size}")
+        chunks = list(
+            self._chunks(_as_iterable(texts), chosen, instruction, batch_size, dim, progress)
+        )
+        if not chunks:
+            return np.zeros((0, width), dtype=np.float32)
+        return np.concatenate(chunks)
+
+    # ---- the pipeline --------------------------------------------------------------------
+
+    def _load(self) -> Any:
+        with self._lock:
+            if self._session is None:
+                self._session = create_session(self.model_dir, self.manifest, **self._session_args)
+            return self._session
+
+    def _check_dim(self, dim: int | None) -> int:
+        if dim is None:
+            return self.manifest.dim
+        if isinstance(dim, bool) or not isinstance(dim, int) or not 0 < dim <= self.manifest.dim:
+            raise ValueError(
+                f"dim must be an integer between 1 and {self.manifest.dim}, got {dim!r}"
+            )
+        return dim
+
+    def _stream(
+        self,
+        texts: str | Iterable[str],
+        prompt: Prompt | None,
+        instruction: str | None,
+        batch_size: int,
+        dim: int | None,
+        progress: bool,
+    ) -> Iterator[Vector]:
+        # Validate eagerly so bad arguments fail at the call, not at the first next().
+        self._check_dim(dim)
+        if batch_size < 1:
+            raise ValueError(f"batch_size must be >= 1, got {batch_size}")
+        chunks = self._chunks(_as_iterable(texts), prompt, instruction, batch_size, dim, progress)
+        return (row for chunk in chunks for row in chunk)
+
+    def _chunks(
+        self,
+        texts: Iterable[str],
+        prompt: Prompt | None,
+        instruction: str | None,
+        batch_size: int,
+        dim: int | None,
+        progress: bool,
+    ) -> Iterator[npt.NDArray[np.float32]]:
+        head, tail = prompt.split(instruction) if prompt else ("", "")
+        bar = _progress_bar(texts) if progress else None
+        iterator = iter(texts)
+        offset = 0
+        while chunk := list(islice(iterator, CHUNK_SIZE)):
+            _check_texts(chunk, offset)
+            yield self._embed_chunk(chunk, prompt, head, tail, batch_size, dim)
+            offset += len(chunk)
+            if bar is not None:
+                bar.update(len(chunk))
+        if bar is not None:
+            bar.close()
+
+    def _embed_chunk(
+        self,
+        texts: list[str],
+        prompt: Prompt | None,
+        head: str,
+        tail: str,
+        batch_size: int,
+        dim: int | None,
+    ) -> npt.NDArray[np.float32]:
+        session = self._session or self._load()
+        m = self.manifest
+        exclude = prompt is not None and prompt.exclude_instruction and bool(head)
+        if exclude:
+            encoded = self._tokenizer.encode(
+                [t + tail for t in texts] if tail else texts,
+                instructions=[head] * len(texts),
+                **self._encode_options(prompt),
+            )
+        else:
+            wrapped = [head + t + tail for t in texts] if (head or tail) else texts
+            encoded = self._tokenizer.encode(wrapped, **self._encode_options(prompt))
+        out = np.empty((len(texts), dim or m.dim), dtype=np.float32)
+        positions = "position_ids" in m.graph_inputs
+        for rows in plan_batches(encoded.lengths(), batch_size, self.max_tokens):
+            ids, mask, skip, pos = encoded.pad(
+                rows, padding_side=m.padding_side, pad_id=m.pad_id, positions=positions
+            )
+            feeds = {"input_ids": ids, "attention_mask": mask}
+            if "token_type_ids" in m.graph_inputs:
+                feeds["token_type_ids"] = np.zeros_like(ids)
+            if positions:
+                feeds["position_ids"] = pos
+            hidden = session.run([m.graph_output], feeds)[0]
+            out[rows] = _core.pool(
+                hidden,
+                mask,
+                m.pooling,
+                skip=skip if exclude else None,
+                normalize=m.normalize,
+                dim=dim,
+            )
+        return out
+
+    def _encode_options(self, prompt: Prompt | None) -> dict[str, Any]:
+        return {
+            "add_special_tokens": self.manifest.add_special_tokens,
+            "max_length": self.manifest.max_length,
+            "prefix_ids": list(prompt.prefix_ids) if prompt else [],
+            "suffix_ids": list(prompt.suffix_ids) if prompt else [],
+        }
+
+    def __repr__(self) -> str:
+        m = self.manifest
+        return f"TextEmbedding({self.model_name!r}, dim={m.dim}, pooling={m.pooling!r})"
+
+
+def _as_iterable(texts: str | Iterable[str]) -> Iterable[str]:
+    """A bare string is one text (as in fastembed); anything else must be iterable."""
+    if isinstance(texts, str):
+        return [texts]
+    if isinstance(texts, bytes) or not isinstance(texts, Iterable):
+        raise TypeError(
+            f"texts must be a string or an iterable of strings, got {type(texts).__name__}"
+        )
+    return texts
+
+
+def _check_texts(chunk: list[Any], offset: int) -> None:
+    for i, text in enumerate(chunk):
+        if not isinstance(text, str):
+            raise TypeError(
+                f"texts[{offset + i}] is {type(text).__name__}, not str; "
+                "every text must be a string"
+            )
+
+
+def _progress_bar(texts: Iterable[str]) -> Any:
+    from tqdm.auto import tqdm
+
+    total = len(texts) if isinstance(texts, Sized) else None
+    return tqdm(total=total, unit="text", desc="embedding")

@@ -1,0 +1,24 @@
+//! One error type for every kernel; `py.rs` maps each variant to the most specific Python builtin.
+
+use std::path::PathBuf;
+
+#[derive(Debug, thiserror::Error)]
+pub enum Error {
+    /// A model file is not where the manifest says it is.
+    #[error("file not found: {path}")]
+    FileNotFound { path: PathBuf },
+
+    /// A file exists but cannot be read or parsed.
+    #[error("cannot load {path}: {reason}")]
+    CorruptFile { path: PathBuf, reason: String },
+
+    /// Arrays or arguments that break the kernel's contract (shape, range, unknown name).
+    #[error("{0}")]
+    InvalidArgument(String),
+
+    /// The tokenizer failed on an input text.
+    #[error("tokenization failed for text {index}: {reason}")]
+    Tokenize { index: usize, reason: String },
+}
+
+pub type Result<T> = std::result::Result<T, Error>;

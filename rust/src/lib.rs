@@ -1,0 +1,13 @@
+//! slimembed's native core: batch tokenization and pooling kernels.
+//!
+//! The kernels (`tokenize`, `pooling`) never see a PyO3 type, so `cargo test` runs without Python;
+//! `py.rs`, behind the `python` feature, is the only place that does.
+
+pub mod error;
+pub mod pooling;
+pub mod tokenize;
+
+#[cfg(feature = "python")]
+mod py;
+
+pub use error::{Error, Result};

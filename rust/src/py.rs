@@ -1,0 +1,169 @@
+//! All PyO3 code: extract arguments, release the GIL around the kernel, build numpy arrays.
+
+use std::path::PathBuf;
+
+use numpy::{
+    IntoPyArray, PyArray1, PyArray2, PyReadonlyArray1, PyReadonlyArray2, PyReadonlyArray3,
+};
+use pyo3::exceptions::{PyFileNotFoundError, PyRuntimeError, PyValueError};
+use pyo3::prelude::*;
+
+use crate::error::Error;
+use crate::pooling::{self, Pooling};
+use crate::tokenize::{EncodeOptions, Encoded, PaddingSide, TextTokenizer};
+
+impl From<Error> for PyErr {
+    fn from(err: Error) -> Self {
+        let msg = err.to_string();
+        match err {
+            Error::FileNotFound { .. } => PyFileNotFoundError::new_err(msg),
+            Error::CorruptFile { .. } | Error::InvalidArgument(_) => PyValueError::new_err(msg),
+            Error::Tokenize { .. } => PyRuntimeError::new_err(msg),
+        }
+    }
+}
+
+/// A tokenizer.json loaded once; `encode` tokenizes a whole batch in parallel without the GIL.
+#[pyclass(frozen, module = "slimembed._core", name = "Tokenizer")]
+struct PyTokenizer {
+    inner: TextTokenizer,
+}
+
+#[pymethods]
+impl PyTokenizer {
+    #[new]
+    fn new(path: PathBuf) -> PyResult<Self> {
+        Ok(Self {
+            inner: TextTokenizer::from_file(&path)?,
+        })
+    }
+
+    #[staticmethod]
+    fn from_json(json: &str) -> PyResult<Self> {
+        Ok(Self {
+            inner: TextTokenizer::from_json(json)?,
+        })
+    }
+
+    #[getter]
+    fn vocab_size(&self) -> usize {
+        self.inner.vocab_size()
+    }
+
+    fn token_to_id(&self, token: &str) -> Option<u32> {
+        self.inner.token_to_id(token)
+    }
+
+    #[pyo3(signature = (texts, *, instructions=None, add_special_tokens=true, max_length=None, prefix_ids=Vec::new(), suffix_ids=Vec::new()))]
+    #[allow(clippy::too_many_arguments)]
+    fn encode(
+        &self,
+        py: Python<'_>,
+        texts: Vec<String>,
+        instructions: Option<Vec<String>>,
+        add_special_tokens: bool,
+        max_length: Option<usize>,
+        prefix_ids: Vec<u32>,
+        suffix_ids: Vec<u32>,
+    ) -> PyResult<PyEncoded> {
+        let opts = EncodeOptions {
+            add_special_tokens,
+            max_length,
+            prefix_ids,
+            suffix_ids,
+        };
+        let inner = py.detach(|| self.inner.encode(&texts, instructions.as_deref(), &opts))?;
+        Ok(PyEncoded { inner })
+    }
+}
+
+/// Token ids of a batch of texts, kept unpadded in Rust until `pad` picks rows.
+#[pyclass(frozen, module = "slimembed._core", name = "Encoded")]
+struct PyEncoded {
+    inner: Encoded,
+}
+
+type PaddedArrays<'py> = (
+    Bound<'py, PyArray2<i64>>,
+    Bound<'py, PyArray2<i64>>,
+    Bound<'py, PyArray1<i64>>,
+    Option<Bound<'py, PyArray2<i64>>>,
+);
+
+#[pymethods]
+impl PyEncoded {
+    fn __len__(&self) -> usize {
+        self.inner.len()
+    }
+
+    fn lengths<'py>(&self, py: Python<'py>) -> Bound<'py, PyArray1<i64>> {
+        let lengths: Vec<i64> = self.inner.lengths().iter().map(|&n| n as i64).collect();
+        lengths.into_pyarray(py)
+    }
+
+    fn row<'py>(&self, py: Python<'py>, index: usize) -> PyResult<Bound<'py, PyArray1<i64>>> {
+        let row = self.inner.row(index).ok_or_else(|| {
+            PyValueError::new_err(format!(
+                "row {index} out of range for {} encoded texts",
+                self.inner.len()
+            ))
+        })?;
+        let ids: Vec<i64> = row.iter().map(|&id| i64::from(id)).collect();
+        Ok(ids.into_pyarray(py))
+    }
+
+    #[pyo3(signature = (rows, *, padding_side="right", pad_id=0, positions=false))]
+    fn pad<'py>(
+        &self,
+        py: Python<'py>,
+        rows: PyReadonlyArray1<'py, i64>,
+        padding_side: &str,
+        pad_id: i64,
+        positions: bool,
+    ) -> PyResult<PaddedArrays<'py>> {
+        let side: PaddingSide = padding_side.parse()?;
+        let rows: Vec<usize> = rows
+            .as_array()
+            .iter()
+            .map(|&r| {
+                usize::try_from(r)
+                    .map_err(|_| PyValueError::new_err(format!("row {r} is negative")))
+            })
+            .collect::<PyResult<_>>()?;
+        let padded = py.detach(|| self.inner.pad(&rows, side, pad_id, positions))?;
+        Ok((
+            padded.ids.into_pyarray(py),
+            padded.mask.into_pyarray(py),
+            padded.skip.into_pyarray(py),
+            padded.positions.map(|p| p.into_pyarray(py)),
+        ))
+    }
+}
+
+/// Pool float32 `(batch, seq, dim)` hidden states under an int64 `(batch, seq)` mask.
+#[pyfunction]
+#[pyo3(signature = (hidden, mask, mode, *, skip=None, normalize=false, dim=None))]
+fn pool<'py>(
+    py: Python<'py>,
+    hidden: PyReadonlyArray3<'py, f32>,
+    mask: PyReadonlyArray2<'py, i64>,
+    mode: &str,
+    skip: Option<PyReadonlyArray1<'py, i64>>,
+    normalize: bool,
+    dim: Option<usize>,
+) -> PyResult<Bound<'py, PyArray2<f32>>> {
+    let mode: Pooling = mode.parse()?;
+    let (hidden, mask) = (hidden.as_array(), mask.as_array());
+    let skip = skip.as_ref().map(PyReadonlyArray1::as_array);
+    let out = py.detach(|| pooling::pool(hidden, mask, mode, skip, normalize, dim))?;
+    Ok(out.into_pyarray(py))
+}
+
+#[pymodule]
+fn _core(m: &Bound<'_, PyModule>) -> PyResult<()> {
+    m.add_class::<PyTokenizer>()?;
+    m.add_class::<PyEncoded>()?;
+    m.add_function(wrap_pyfunction!(pool, m)?)?;
+    m.add("POOLING_MODES", Pooling::NAMES.to_vec())?;
+    Ok(())
+}

@@ -1,0 +1,411 @@
+//! Batch tokenization with the `tokenizers` crate.
+//!
+//! Notes:
+//! - Texts are encoded in parallel on rayon's pool; callers release the GIL around `encode`.
+//! - The tokenizer.json's own truncation and padding are switched off: truncation here leaves room
+//!   for the special tokens of the post-processor *and* for the ids the manifest inserts around
+//!   the text (SGPT's brackets, an appended EOS), and padding happens per batch in `Encoded::pad`
+//!   after the caller has sorted texts by length.
+//! - The result stays ragged (`Vec<Vec<u32>>`) inside Rust so a long chunk of texts never needs
+//!   one (chunk, longest) padded array.
+
+use std::path::Path;
+use std::str::FromStr;
+
+use ndarray::{Array1, Array2};
+use rayon::prelude::*;
+use tokenizers::{Encoding, PostProcessor, Token, TruncationDirection};
+
+use crate::error::{Error, Result};
+
+/// Which end of a row the pad tokens go to.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum PaddingSide {
+    Left,
+    Right,
+}
+
+impl FromStr for PaddingSide {
+    type Err = Error;
+
+    fn from_str(name: &str) -> Result<Self> {
+        match name {
+            "left" => Ok(Self::Left),
+            "right" => Ok(Self::Right),
+            other => Err(Error::InvalidArgument(format!(
+                "padding side must be \"left\" or \"right\", got {other:?}"
+            ))),
+        }
+    }
+}
+
+/// How texts become rows of token ids.
+#[derive(Clone, Debug, Default)]
+pub struct EncodeOptions {
+    /// Apply the tokenizer's post-processor (BOS/EOS, `[CLS]`/`[SEP]`).
+    pub add_special_tokens: bool,
+    /// Longest row, special and inserted tokens included; `None` keeps every token.
+    pub max_length: Option<usize>,
+    /// Ids inserted right before the text's tokens (inside any special tokens).
+    pub prefix_ids: Vec<u32>,
+    /// Ids inserted right after the text's tokens (inside any special tokens).
+    pub suffix_ids: Vec<u32>,
+}
+
+/// A tokenizer loaded from tokenizer.json; immutable and shareable across threads.
+pub struct TextTokenizer {
+    inner: tokenizers::Tokenizer,
+}
+
+impl TextTokenizer {
+    pub fn from_file(path: &Path) -> Result<Self> {
+        if !path.is_file() {
+            return Err(Error::FileNotFound {
+                path: path.to_path_buf(),
+            });
+        }
+        let inner = tokenizers::Tokenizer::from_file(path).map_err(|e| Error::CorruptFile {
+            path: path.to_path_buf(),
+            reason: e.to_string(),
+        })?;
+        Ok(Self::new(inner))
+    }
+
+    pub fn from_json(json: &str) -> Result<Self> {
+        let inner = tokenizers::Tokenizer::from_str(json).map_err(|e| Error::CorruptFile {
+            path: "<tokenizer json>".into(),
+            reason: e.to_string(),
+        })?;
+        Ok(Self::new(inner))
+    }
+
+    fn new(mut inner: tokenizers::Tokenizer) -> Self {
+        inner.with_padding(None);
+        // Only fails for a stride larger than max length, which None cannot have.
+        let _ = inner.with_truncation(None);
+        Self { inner }
+    }
+
+    pub fn token_to_id(&self, token: &str) -> Option<u32> {
+        self.inner.token_to_id(token)
+    }
+
+    pub fn vocab_size(&self) -> usize {
+        self.inner.get_vocab_size(true)
+    }
+
+    /// Number of special tokens the post-processor adds to one text.
+    fn special_count(&self, opts: &EncodeOptions) -> usize {
+        if !opts.add_special_tokens {
+            return 0;
+        }
+        self.inner
+            .get_post_processor()
+            .map_or(0, |p| p.added_tokens(false))
+    }
+
+    /// Encode `texts`; with `instructions`, row `i` encodes `instructions[i] + texts[i]` and
+    /// records how many leading tokens (special, prefix ids and instruction) to skip in pooling.
+    pub fn encode(
+        &self,
+        texts: &[String],
+        instructions: Option<&[String]>,
+        opts: &EncodeOptions,
+    ) -> Result<Encoded> {
+        if let Some(instr) = instructions {
+            if instr.len() != texts.len() {
+                return Err(Error::InvalidArgument(format!(
+                    "got {} instructions for {} texts",
+                    instr.len(),
+                    texts.len()
+                )));
+            }
+        }
+        let overhead = self.special_count(opts) + opts.prefix_ids.len() + opts.suffix_ids.len();
+        let budget = match opts.max_length {
+            Some(max) if max <= overhead => {
+                return Err(Error::InvalidArgument(format!(
+                    "max_length {max} leaves no room for text: {overhead} tokens are added to every row"
+                )))
+            }
+            Some(max) => Some(max - overhead),
+            None => None,
+        };
+        let prefix = self.id_tokens(&opts.prefix_ids)?;
+        let suffix = self.id_tokens(&opts.suffix_ids)?;
+        let rows: Vec<(Vec<u32>, usize)> = texts
+            .par_iter()
+            .enumerate()
+            .map(|(i, text)| {
+                let instruction = instructions.map(|ins| ins[i].as_str());
+                self.encode_one(i, text, instruction, budget, &prefix, &suffix, opts)
+            })
+            .collect::<Result<_>>()?;
+        let (ids, skip) = rows.into_iter().unzip();
+        Ok(Encoded { ids, skip })
+    }
+
+    fn id_tokens(&self, ids: &[u32]) -> Result<Vec<Token>> {
+        ids.iter()
+            .map(|&id| {
+                let value = self.inner.id_to_token(id).ok_or_else(|| {
+                    Error::InvalidArgument(format!(
+                        "token id {id} is not in the tokenizer's vocabulary of {}",
+                        self.vocab_size()
+                    ))
+                })?;
+                Ok(Token::new(id, value, (0, 0)))
+            })
+            .collect()
+    }
+
+    #[allow(clippy::too_many_arguments)]
+    fn encode_one(
+        &self,
+        index: usize,
+        text: &str,
+        instruction: Option<&str>,
+        budget: Option<usize>,
+        prefix: &[Token],
+        suffix: &[Token],
+        opts: &EncodeOptions,
+    ) -> Result<(Vec<u32>, usize)> {
+        let fail = |e: tokenizers::Error| Error::Tokenize {
+            index,
+            reason: e.to_string(),
+        };
+        let (mut enc, instruction_len) = match instruction {
+            None => (self.inner.encode(text, false).map_err(fail)?, 0),
+            Some(ins) => {
+                let n = self.inner.encode(ins, false).map_err(fail)?.len();
+                let full = format!("{ins}{text}");
+                (self.inner.encode(full.as_str(), false).map_err(fail)?, n)
+            }
+        };
+        if let Some(budget) = budget {
+            if enc.len() > budget {
+                enc.truncate(budget, 0, TruncationDirection::Right);
+                // Overflowing pieces would be post-processed too; nobody reads them.
+                drop(enc.take_overflowing());
+            }
+        }
+        if !prefix.is_empty() || !suffix.is_empty() {
+            enc = Encoding::merge(
+                [
+                    Encoding::from_tokens(prefix.to_vec(), 0),
+                    enc,
+                    Encoding::from_tokens(suffix.to_vec(), 0),
+                ],
+                false,
+            );
+        }
+        let mut leading = 0;
+        if opts.add_special_tokens {
+            enc = self.inner.post_process(enc, None, true).map_err(fail)?;
+            leading = enc
+                .get_sequence_ids()
+                .iter()
+                .position(Option::is_some)
+                .unwrap_or(0);
+        }
+        let skip = if instruction.is_some() {
+            (leading + prefix.len() + instruction_len).min(enc.len())
+        } else {
+            0
+        };
+        Ok((enc.get_ids().to_vec(), skip))
+    }
+}
+
+/// Token ids of a batch of texts, unpadded, with per-row pooling skips.
+#[derive(Clone, Debug)]
+pub struct Encoded {
+    ids: Vec<Vec<u32>>,
+    skip: Vec<usize>,
+}
+
+/// One padded batch: int64 `(batch, seq)` ids and mask, `(batch,)` skip, optional positions.
+pub struct Padded {
+    pub ids: Array2<i64>,
+    pub mask: Array2<i64>,
+    pub skip: Array1<i64>,
+    pub positions: Option<Array2<i64>>,
+}
+
+impl Encoded {
+    pub fn len(&self) -> usize {
+        self.ids.len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.ids.is_empty()
+    }
+
+    /// Tokens per row, special and inserted tokens included.
+    pub fn lengths(&self) -> Vec<usize> {
+        self.ids.iter().map(Vec::len).collect()
+    }
+
+    pub fn row(&self, i: usize) -> Option<&[u32]> {
+        self.ids.get(i).map(Vec::as_slice)
+    }
+
+    /// Pad the chosen `rows` (in that order) to the longest of them.
+    ///
+    /// Position ids, when asked for, count real tokens from 0 and are 1 on padding, as
+    /// transformers computes them from an attention mask.
+    pub fn pad(
+        &self,
+        rows: &[usize],
+        side: PaddingSide,
+        pad_id: i64,
+        positions: bool,
+    ) -> Result<Padded> {
+        if let Some(&bad) = rows.iter().find(|&&r| r >= self.ids.len()) {
+            return Err(Error::InvalidArgument(format!(
+                "row {bad} out of range for {} encoded texts",
+                self.ids.len()
+            )));
+        }
+        let seq = rows.iter().map(|&r| self.ids[r].len()).max().unwrap_or(0);
+        let mut ids = Array2::<i64>::from_elem((rows.len(), seq), pad_id);
+        let mut mask = Array2::<i64>::zeros((rows.len(), seq));
+        let mut pos = positions.then(|| Array2::<i64>::ones((rows.len(), seq)));
+        for (b, &r) in rows.iter().enumerate() {
+            let row = &self.ids[r];
+            let start = match side {
+                PaddingSide::Right => 0,
+                PaddingSide::Left => seq - row.len(),
+            };
+            for (k, &id) in row.iter().enumerate() {
+                ids[[b, start + k]] = i64::from(id);
+                mask[[b, start + k]] = 1;
+                if let Some(p) = pos.as_mut() {
+                    p[[b, start + k]] = k as i64;
+                }
+            }
+        }
+        let skip = rows.iter().map(|&r| self.skip[r] as i64).collect();
+        Ok(Padded {
+            ids,
+            mask,
+            skip,
+            positions: pos,
+        })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A word-level tokenizer with BERT-style `[CLS] ... [SEP]` post-processing.
+    fn tokenizer(with_specials: bool) -> TextTokenizer {
+        let post = if with_specials {
+            r#"{"type": "BertProcessing", "sep": ["[SEP]", 3], "cls": ["[CLS]", 2]}"#
+        } else {
+            "null"
+        };
+        let json = format!(
+            r#"{{
+              "version": "1.0", "truncation": {{"max_length": 2, "strategy": "LongestFirst", "stride": 0, "direction": "Right"}},
+              "padding": null, "added_tokens": [],
+              "normalizer": {{"type": "Lowercase"}},
+              "pre_tokenizer": {{"type": "Whitespace"}},
+              "post_processor": {post}, "decoder": null,
+              "model": {{"type": "WordLevel", "unk_token": "[UNK]",
+                "vocab": {{"[PAD]": 0, "[UNK]": 1, "[CLS]": 2, "[SEP]": 3, "a": 4, "b": 5, "c": 6, "d": 7, "[": 8, "]": 9}}}}
+            }}"#
+        );
+        TextTokenizer::from_json(&json).unwrap()
+    }
+
+    fn texts(items: &[&str]) -> Vec<String> {
+        items.iter().map(|s| (*s).to_string()).collect()
+    }
+
+    #[test]
+    fn specials_prefix_suffix_and_truncation() {
+        let tok = tokenizer(true);
+        let opts = EncodeOptions {
+            add_special_tokens: true,
+            max_length: Some(6),
+            prefix_ids: vec![8],
+            suffix_ids: vec![9],
+        };
+        let enc = tok.encode(&texts(&["a b c d", "A"]), None, &opts).unwrap();
+        // The file's own truncation (2) is ignored; room is left for [CLS] [ [SEP] ].
+        assert_eq!(enc.row(0).unwrap(), &[2, 8, 4, 5, 9, 3]);
+        assert_eq!(enc.row(1).unwrap(), &[2, 8, 4, 9, 3]);
+        assert_eq!(enc.lengths(), vec![6, 5]);
+    }
+
+    #[test]
+    fn max_length_without_room_is_an_error() {
+        let tok = tokenizer(true);
+        let opts = EncodeOptions {
+            add_special_tokens: true,
+            max_length: Some(2),
+            ..EncodeOptions::default()
+        };
+        assert!(tok.encode(&texts(&["a"]), None, &opts).is_err());
+    }
+
+    #[test]
+    fn instruction_length_counts_leading_specials() {
+        let tok = tokenizer(true);
+        let opts = EncodeOptions {
+            add_special_tokens: true,
+            ..EncodeOptions::default()
+        };
+        let enc = tok
+            .encode(&texts(&["c d", ""]), Some(&texts(&["a b ", "a "])), &opts)
+            .unwrap();
+        assert_eq!(enc.row(0).unwrap(), &[2, 4, 5, 6, 7, 3]);
+        let padded = enc.pad(&[0, 1], PaddingSide::Right, 0, false).unwrap();
+        assert_eq!(padded.skip.to_vec(), vec![3, 2]);
+        assert!(tok.encode(&texts(&["a"]), Some(&[]), &opts).is_err());
+    }
+
+    #[test]
+    fn pad_both_sides_with_positions() {
+        let tok = tokenizer(false);
+        let enc = tok
+            .encode(&texts(&["a b c", "d"]), None, &EncodeOptions::default())
+            .unwrap();
+        let right = enc.pad(&[1, 0], PaddingSide::Right, 0, true).unwrap();
+        assert_eq!(right.ids, ndarray::array![[7, 0, 0], [4, 5, 6]]);
+        assert_eq!(right.mask, ndarray::array![[1, 0, 0], [1, 1, 1]]);
+        assert_eq!(
+            right.positions.unwrap(),
+            ndarray::array![[0, 1, 1], [0, 1, 2]]
+        );
+        let left = enc.pad(&[1, 0], PaddingSide::Left, -1, true).unwrap();
+        assert_eq!(left.ids, ndarray::array![[-1, -1, 7], [4, 5, 6]]);
+        assert_eq!(left.mask, ndarray::array![[0, 0, 1], [1, 1, 1]]);
+        assert_eq!(
+            left.positions.unwrap(),
+            ndarray::array![[1, 1, 0], [0, 1, 2]]
+        );
+        assert!(enc.pad(&[2], PaddingSide::Left, 0, false).is_err());
+        assert_eq!(
+            enc.pad(&[], PaddingSide::Left, 0, false).unwrap().ids.dim(),
+            (0, 0)
+        );
+    }
+
+    #[test]
+    fn unknown_ids_and_files_are_errors() {
+        let tok = tokenizer(false);
+        let opts = EncodeOptions {
+            prefix_ids: vec![1000],
+            ..EncodeOptions::default()
+        };
+        assert!(tok.encode(&texts(&["a"]), None, &opts).is_err());
+        assert!(matches!(
+            TextTokenizer::from_file(Path::new("/nonexistent/tokenizer.json")),
+            Err(Error::FileNotFound { .. })
+        ));
+        assert!(TextTokenizer::from_json("{not json").is_err());
+    }
+}
