@@ -60,7 +60,9 @@ def _write(tmp_path: Path, **changes: object) -> Path:
         ({"dim": 0}, "dim is 0"),
     ],
 )
-def test_bad_manifests_are_refused(tmp_path: Path, changes: dict[str, object], message: str) -> None:
+def test_bad_manifests_are_refused(
+    tmp_path: Path, changes: dict[str, object], message: str
+) -> None:
     with pytest.raises(ManifestError, match=message):
         Manifest.load(_write(tmp_path, **changes))
 

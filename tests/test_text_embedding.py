@@ -62,7 +62,9 @@ def test_bare_string_generator_and_empty_inputs(model: TextEmbedding) -> None:
 
 
 @pytest.mark.parametrize("bad", [None, 3, b"bytes"])
-def test_non_iterable_inputs_raise_type_error_at_the_call(model: TextEmbedding, bad: object) -> None:
+def test_non_iterable_inputs_raise_type_error_at_the_call(
+    model: TextEmbedding, bad: object
+) -> None:
     with pytest.raises(TypeError, match="texts must be"):
         model.embed(bad)  # type: ignore[arg-type]
 
@@ -92,7 +94,7 @@ def test_matryoshka_dim_truncates_then_renormalizes(model: TextEmbedding) -> Non
 
 
 def test_batch_size_and_token_budget_do_not_change_results(bert: Path) -> None:
-    texts = _texts(30) + [" ".join(["long"] * 300)]
+    texts = [*_texts(30), " ".join(["long"] * 300)]
     base = TextEmbedding(bert).encode(texts, batch_size=64)
     tight = TextEmbedding(bert, max_tokens=50).encode(texts, batch_size=3)
     assert cosine(base, tight).min() > 0.99999
@@ -100,7 +102,9 @@ def test_batch_size_and_token_budget_do_not_change_results(bert: Path) -> None:
         TextEmbedding(bert).embed(texts, batch_size=0)
 
 
-def test_prompts_are_applied_to_queries_and_documents(bert: Path, variant: Callable[..., Path]) -> None:
+def test_prompts_are_applied_to_queries_and_documents(
+    bert: Path, variant: Callable[..., Path]
+) -> None:
     path = variant(
         bert,
         query={"template": "query: {text}"},
@@ -175,7 +179,9 @@ def test_missing_and_corrupt_files_name_the_file(bert: Path, tmp_path: Path) -> 
         TextEmbedding(tmp_path)
 
 
-def test_graph_that_breaks_the_contract_is_refused(bert: Path, variant: Callable[..., Path]) -> None:
+def test_graph_that_breaks_the_contract_is_refused(
+    bert: Path, variant: Callable[..., Path]
+) -> None:
     with pytest.raises(ModelFileError, match="graph inputs"):
         TextEmbedding(variant(bert, graph_inputs=["input_ids", "attention_mask", "position_ids"]))
     with pytest.raises(ModelFileError, match="no output"):
@@ -208,7 +214,8 @@ def test_hub_id_loads_from_a_hub_cache_layout(bert: Path, tmp_path: Path) -> Non
 def test_list_supported_models_is_fastembed_shaped() -> None:
     models = TextEmbedding.list_supported_models()
     minilm = next(m for m in models if m["name"] == "all-MiniLM-L6-v2")
-    assert minilm["dim"] == 384 and minilm["pooling"] == "mean"
+    assert minilm["dim"] == 384
+    assert minilm["pooling"] == "mean"
 
 
 def test_cli_embed_and_info(bert: Path, tmp_path: Path) -> None:
@@ -223,4 +230,5 @@ def test_cli_embed_and_info(bert: Path, tmp_path: Path) -> None:
     result = runner.invoke(main, ["info", str(bert)])
     assert json.loads(result.output)["pooling"] == "mean"
     result = runner.invoke(main, ["embed", str(tmp_path), "x"])
-    assert result.exit_code != 0 and "not a slimembed model directory" in result.output
+    assert result.exit_code != 0
+    assert "not a slimembed model directory" in result.output

@@ -4,10 +4,13 @@ from os import PathLike
 
 import numpy as np
 import numpy.typing as npt
-from typing_extensions import Self
+from typing_extensions import Self, final
+
+__all__ = ["POOLING_MODES", "Encoded", "Tokenizer", "pool"]
 
 POOLING_MODES: list[str]
 
+@final
 class Tokenizer:
     def __new__(cls, path: str | PathLike[str]) -> Self: ...
     @staticmethod
@@ -26,6 +29,7 @@ class Tokenizer:
         suffix_ids: list[int] = ...,
     ) -> Encoded: ...
 
+@final
 class Encoded:
     def __len__(self) -> int: ...
     def lengths(self) -> npt.NDArray[np.int64]: ...

