@@ -197,18 +197,37 @@ def test_unknown_names_and_offline_hub_ids(tmp_path: Path) -> None:
         TextEmbedding("someone/absent-model", cache_dir=tmp_path)
 
 
-def test_hub_id_loads_from_a_hub_cache_layout(bert: Path, tmp_path: Path) -> None:
-    """A repository already in the huggingface_hub cache loads offline by its id."""
+def _hub_cache(tmp_path: Path, name: str, files: Path) -> Path:
+    """Lay ``files`` out as huggingface_hub's cache does for the repository acme/``name``."""
     revision = "0123456789abcdef0123456789abcdef01234567"
-    repo = tmp_path / "models--acme--tiny-bert"
-    shutil.copytree(bert, repo / "snapshots" / revision)
+    repo = tmp_path / f"models--acme--{name}"
+    shutil.copytree(files, repo / "snapshots" / revision)
     (repo / "refs").mkdir()
     (repo / "refs" / "main").write_text(revision)
+    return repo / "snapshots" / revision
+
+
+def test_hub_id_loads_from_a_hub_cache_layout(bert: Path, tmp_path: Path) -> None:
+    """A repository already in the huggingface_hub cache loads offline by its id."""
+    snapshot = _hub_cache(tmp_path, "tiny-bert", bert)
     model = TextEmbedding("acme/tiny-bert", cache_dir=tmp_path)
-    assert model.model_dir == repo / "snapshots" / revision
+    assert model.model_dir == snapshot
     np.testing.assert_allclose(
         model.encode(["hello"]), TextEmbedding(bert).encode(["hello"]), atol=1e-6
     )
+
+
+def test_hub_repository_without_manifest_is_explained(
+    tiny_source: Callable[[str], Path], tmp_path: Path
+) -> None:
+    _hub_cache(tmp_path, "plain-bert", tiny_source("bert"))
+    with pytest.raises(ManifestError, match="not a slimembed model repository"):
+        TextEmbedding("acme/plain-bert", cache_dir=tmp_path)
+
+
+def test_registry_name_points_to_export() -> None:
+    with pytest.raises(UnknownModelError, match="slimembed export all-MiniLM-L6-v2"):
+        TextEmbedding("all-MiniLM-L6-v2")
 
 
 def test_list_supported_models_is_fastembed_shaped() -> None:

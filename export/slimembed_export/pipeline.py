@@ -50,7 +50,7 @@ def export_model(
         raise ExportError(
             f"{out} exists and is not a slimembed model directory; refusing to overwrite it"
         )
-    model_dir = hub.resolve(source, revision=opts.revision)
+    model_dir = hub.resolve_source(source, revision=opts.revision)
     config = read_config(model_dir)
     decoder = is_decoder(config)
     st = read_sentence_transformers(model_dir)

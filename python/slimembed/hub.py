@@ -1,7 +1,8 @@
-"""Finding a model directory: a local path, or a Hugging Face repository fetched into the cache.
+"""Finding model directories: local paths, or Hugging Face repositories fetched into the cache.
 
 Downloads go through huggingface_hub, so its offline mode (``HF_HUB_OFFLINE=1``), tokens and
 revision pinning apply unchanged; the cache is ``env.cache_dir()`` unless the caller names one.
+A slimembed repository is fetched manifest first, then only the files the manifest names.
 """
 
 from __future__ import annotations
@@ -10,48 +11,100 @@ import os
 from pathlib import Path
 
 from slimembed import env, registry
-from slimembed.errors import ModelFileError, UnknownModelError
+from slimembed.errors import ManifestError, ModelFileError, UnknownModelError
+from slimembed.manifest import MANIFEST_FILE, Manifest
 
 
-def resolve(
+def resolve_model(
     model: str | os.PathLike[str],
     *,
     cache_dir: str | os.PathLike[str] | None = None,
     revision: str | None = None,
     local_files_only: bool = False,
-    allow_patterns: list[str] | None = None,
 ) -> Path:
-    """The local directory holding ``model``, downloading it from the hub when needed."""
-    path = Path(model).expanduser()
-    if path.exists():
-        if not path.is_dir():
-            raise ModelFileError(f"{path} is a file; expected a model directory")
-        return path
+    """The slimembed model directory for ``model``: a local path, or a hub repository."""
+    local = _local_dir(model)
+    if local is not None:
+        return local
     name = str(model)
     spec = registry.find(name)
-    repo_id = spec.source if spec else name
-    if repo_id.count("/") != 1 or repo_id.startswith((".", "/", "~")):
+    if spec is not None and spec.name == name:
+        raise UnknownModelError(
+            f"{name!r} is a known source model, not an exported one: run "
+            f"`slimembed export {name} DIR` once, then load DIR"
+        )
+    repo_id = _repo_id(name)
+    first = _download(repo_id, cache_dir, revision, local_files_only, [MANIFEST_FILE])
+    manifest_path = first / MANIFEST_FILE
+    if not manifest_path.is_file():
+        raise ManifestError(
+            f"{repo_id} holds no {MANIFEST_FILE}: it is not a slimembed model repository "
+            f"(export it with `slimembed export {repo_id} DIR`)"
+        )
+    manifest = Manifest.load(first)
+    # The graph, its external data (model.onnx.data and the like) and the tokenizer.
+    files = [MANIFEST_FILE, manifest.graph_file, f"{manifest.graph_file}*", manifest.tokenizer_file]
+    return _download(repo_id, cache_dir, revision, local_files_only, files)
+
+
+def resolve_source(
+    source: str | os.PathLike[str],
+    *,
+    cache_dir: str | os.PathLike[str] | None = None,
+    revision: str | None = None,
+) -> Path:
+    """A Hugging Face model directory for export: a local path, a registry name or a hub id."""
+    local = _local_dir(source)
+    if local is not None:
+        return local
+    spec = registry.find(str(source))
+    repo_id = _repo_id(spec.source if spec else str(source))
+    return _download(repo_id, cache_dir, revision, False, None)
+
+
+def _local_dir(model: str | os.PathLike[str]) -> Path | None:
+    path = Path(model).expanduser()
+    if not path.exists():
+        return None
+    if not path.is_dir():
+        raise ModelFileError(f"{path} is a file; expected a model directory")
+    return path
+
+
+def _repo_id(name: str) -> str:
+    if name.count("/") != 1 or name.startswith((".", "/", "~")):
         raise UnknownModelError(
             f"{name!r} is not a directory, a known model or a Hugging Face id (owner/name); "
             f"known models: {[s.name for s in registry.all_specs()]}"
         )
+    return name
+
+
+def _download(
+    repo_id: str,
+    cache_dir: str | os.PathLike[str] | None,
+    revision: str | None,
+    local_files_only: bool,
+    allow_patterns: list[str] | None,
+) -> Path:
     from huggingface_hub import snapshot_download
     from huggingface_hub.errors import HfHubHTTPError, LocalEntryNotFoundError
 
+    cache = str(cache_dir or env.cache_dir())
     try:
         return Path(
             snapshot_download(
                 repo_id,
                 revision=revision,
-                cache_dir=str(cache_dir or env.cache_dir()),
+                cache_dir=cache,
                 local_files_only=local_files_only,
                 allow_patterns=allow_patterns,
             )
         )
     except LocalEntryNotFoundError as err:
         raise ModelFileError(
-            f"{repo_id} is not in the cache {cache_dir or env.cache_dir()} and cannot be "
-            f"downloaded now (offline mode or no network): {err}"
+            f"{repo_id} is not in the cache {cache} and cannot be downloaded now "
+            f"(offline mode or no network): {err}"
         ) from err
     except HfHubHTTPError as err:
         raise ModelFileError(f"cannot download {repo_id} from the Hugging Face Hub: {err}") from err

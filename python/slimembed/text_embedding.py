@@ -68,7 +68,7 @@ class TextEmbedding:
         if max_tokens < 1:
             raise ValueError(f"max_tokens must be >= 1, got {max_tokens}")
         self.model_name = str(model_name)
-        self.model_dir: Path = hub.resolve(
+        self.model_dir: Path = hub.resolve_model(
             model_name, cache_dir=cache_dir, revision=revision, local_files_only=local_files_only
         )
         self.manifest = Manifest.load(self.model_dir)
