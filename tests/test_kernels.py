@@ -4,6 +4,9 @@
 from __future__ import annotations
 
 import json
+import os
+import signal
+import time
 
 import numpy as np
 import pytest
@@ -204,3 +207,29 @@ def test_ids_equal_python_tokenizers_on_shared_data(family: str, tiny_source) ->
     np.testing.assert_array_equal(got.lengths(), [len(w) for w in want])
     mismatched = [i for i, w in enumerate(want) if got.row(i).tolist() != w]
     assert mismatched == []
+
+
+@pytest.mark.skipif(not hasattr(os, "fork"), reason="fork is POSIX-only")
+def test_tokenizer_keeps_working_in_a_forked_child(tiny_source) -> None:  # type: ignore[no-untyped-def]
+    """After the parent used rayon's pool, a forked child (whose pool threads are gone) must
+    still tokenize instead of waiting forever."""
+    tokenizer = _core.Tokenizer(tiny_source("bert") / "tokenizer.json")
+    texts = list(all_texts()[:2000])
+    want = tokenizer.encode(texts).lengths()
+    pid = os.fork()
+    if pid == 0:  # child: report through the exit code only, never return into pytest
+        code = 2
+        try:
+            code = 0 if np.array_equal(tokenizer.encode(texts).lengths(), want) else 1
+        finally:
+            os._exit(code)
+    deadline = time.monotonic() + 60
+    while time.monotonic() < deadline:
+        done, status = os.waitpid(pid, os.WNOHANG)
+        if done:
+            assert os.waitstatus_to_exitcode(status) == 0
+            return
+        time.sleep(0.05)
+    os.kill(pid, signal.SIGKILL)
+    os.waitpid(pid, 0)
+    pytest.fail("tokenizing in a forked child deadlocked")

@@ -1,6 +1,7 @@
 //! All PyO3 code: extract arguments, release the GIL around the kernel, build numpy arrays.
 
 use std::path::PathBuf;
+use std::sync::atomic::{AtomicBool, Ordering};
 
 use numpy::{
     IntoPyArray, PyArray1, PyArray2, PyReadonlyArray1, PyReadonlyArray2, PyReadonlyArray3,
@@ -21,6 +22,27 @@ impl From<Error> for PyErr {
             Error::Tokenize { .. } => PyRuntimeError::new_err(msg),
         }
     }
+}
+
+/// Set once rayon's pool has run work in this process.
+static USED_POOL: AtomicBool = AtomicBool::new(false);
+/// Set in a child forked after the pool ran: its worker threads did not survive the fork, so
+/// parallel work would wait forever; the child encodes sequentially instead.
+static POOL_LOST: AtomicBool = AtomicBool::new(false);
+
+#[cfg(unix)]
+extern "C" fn after_fork_in_child() {
+    if USED_POOL.load(Ordering::SeqCst) {
+        POOL_LOST.store(true, Ordering::SeqCst);
+    }
+}
+
+fn use_pool() -> bool {
+    let parallel = !POOL_LOST.load(Ordering::SeqCst);
+    if parallel {
+        USED_POOL.store(true, Ordering::SeqCst);
+    }
+    parallel
 }
 
 /// A tokenizer.json loaded once; `encode` tokenizes a whole batch in parallel without the GIL.
@@ -71,6 +93,7 @@ impl PyTokenizer {
             max_length,
             prefix_ids,
             suffix_ids,
+            parallel: use_pool(),
         };
         let inner = py.detach(|| self.inner.encode(&texts, instructions.as_deref(), &opts))?;
         Ok(PyEncoded { inner })
@@ -161,6 +184,11 @@ fn pool<'py>(
 
 #[pymodule]
 fn _core(m: &Bound<'_, PyModule>) -> PyResult<()> {
+    #[cfg(unix)]
+    // SAFETY: registers a handler that only stores to an atomic, which is async-signal-safe.
+    unsafe {
+        libc::pthread_atfork(None, None, Some(after_fork_in_child));
+    }
     m.add_class::<PyTokenizer>()?;
     m.add_class::<PyEncoded>()?;
     m.add_function(wrap_pyfunction!(pool, m)?)?;

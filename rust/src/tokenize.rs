@@ -25,6 +25,18 @@ pub enum PaddingSide {
     Right,
 }
 
+impl Default for EncodeOptions {
+    fn default() -> Self {
+        Self {
+            add_special_tokens: true,
+            max_length: None,
+            prefix_ids: Vec::new(),
+            suffix_ids: Vec::new(),
+            parallel: true,
+        }
+    }
+}
+
 impl FromStr for PaddingSide {
     type Err = Error;
 
@@ -40,7 +52,7 @@ impl FromStr for PaddingSide {
 }
 
 /// How texts become rows of token ids.
-#[derive(Clone, Debug, Default)]
+#[derive(Clone, Debug)]
 pub struct EncodeOptions {
     /// Apply the tokenizer's post-processor (BOS/EOS, `[CLS]`/`[SEP]`).
     pub add_special_tokens: bool,
@@ -50,6 +62,8 @@ pub struct EncodeOptions {
     pub prefix_ids: Vec<u32>,
     /// Ids inserted right after the text's tokens (inside any special tokens).
     pub suffix_ids: Vec<u32>,
+    /// Encode texts on rayon's pool (off in a forked child whose pool threads are gone).
+    pub parallel: bool,
 }
 
 /// A tokenizer loaded from tokenizer.json; immutable and shareable across threads.
@@ -133,14 +147,19 @@ impl TextTokenizer {
         };
         let prefix = self.id_tokens(&opts.prefix_ids)?;
         let suffix = self.id_tokens(&opts.suffix_ids)?;
-        let rows: Vec<(Vec<u32>, usize)> = texts
-            .par_iter()
-            .enumerate()
-            .map(|(i, text)| {
-                let instruction = instructions.map(|ins| ins[i].as_str());
-                self.encode_one(i, text, instruction, budget, &prefix, &suffix, opts)
-            })
-            .collect::<Result<_>>()?;
+        let one = |(i, text): (usize, &String)| {
+            let instruction = instructions.map(|ins| ins[i].as_str());
+            self.encode_one(i, text, instruction, budget, &prefix, &suffix, opts)
+        };
+        let rows: Vec<(Vec<u32>, usize)> = if opts.parallel {
+            texts
+                .par_iter()
+                .enumerate()
+                .map(one)
+                .collect::<Result<_>>()?
+        } else {
+            texts.iter().enumerate().map(one).collect::<Result<_>>()?
+        };
         let (ids, skip) = rows.into_iter().unzip();
         Ok(Encoded { ids, skip })
     }
@@ -332,6 +351,7 @@ mod tests {
             max_length: Some(6),
             prefix_ids: vec![8],
             suffix_ids: vec![9],
+            ..EncodeOptions::default()
         };
         let enc = tok.encode(&texts(&["a b c d", "A"]), None, &opts).unwrap();
         // The file's own truncation (2) is ignored; room is left for [CLS] [ [SEP] ].
