@@ -21,7 +21,7 @@ from typing import Any
 import click
 import numpy as np
 
-from benchmarks.datasets import sts
+from benchmarks.datasets import scifact, sts
 
 
 def english_sentences(n: int) -> list[str]:
@@ -32,6 +32,12 @@ def english_sentences(n: int) -> list[str]:
         for text in pairs.sentences1 + pairs.sentences2:
             seen.setdefault(text)
     return list(seen)[:n]
+
+
+CORPORA: dict[str, Callable[[int], list[str]]] = {
+    "sts": english_sentences,
+    "scifact": lambda n: scifact().docs[:n],
+}
 
 
 def machine() -> dict[str, Any]:
@@ -76,6 +82,13 @@ def timed(fn: Callable[[], np.ndarray]) -> tuple[float, np.ndarray]:
     required=True,
     help="The sentence-transformers folder it was exported from.",
 )
+@click.option(
+    "--corpus",
+    type=click.Choice(sorted(CORPORA)),
+    default="sts",
+    show_default=True,
+    help="sts: STS-B English sentences; scifact: SciFact abstracts (long).",
+)
 @click.option("--texts", "n_texts", type=int, default=5000, show_default=True)
 @click.option("--threads", type=int, default=2, show_default=True)
 @click.option("--batch-size", type=int, default=64, show_default=True)
@@ -84,6 +97,7 @@ def timed(fn: Callable[[], np.ndarray]) -> tuple[float, np.ndarray]:
 def main(
     model_dir: str,
     source: str,
+    corpus: str,
     n_texts: int,
     threads: int,
     batch_size: int,
@@ -100,7 +114,7 @@ def main(
     from slimembed import TextEmbedding
 
     torch.set_num_threads(threads)
-    texts = english_sentences(n_texts)
+    texts = CORPORA[corpus](n_texts)
     ours = TextEmbedding(model_dir, threads=threads)
     theirs = SentenceTransformer(source, device="cpu")
     engines: dict[str, Callable[[], np.ndarray]] = {
@@ -128,6 +142,7 @@ def main(
             "torch": torch.__version__,
             "sentence-transformers": sentence_transformers.__version__,
         },
+        "corpus": corpus,
         "texts": len(texts),
         "threads": threads,
         "batch_size": batch_size,

@@ -160,3 +160,22 @@ def test_minilm_matches_sentence_transformers_on_all_shared_data(minilm_dir: Pat
     cos = reference.cosine(ours, theirs)
     assert cos.min() >= MIN_COSINE, (cos.min(), texts[int(cos.argmin())][:80])
     assert Manifest.load(minilm_dir).parity["batch_min_cosine"] >= MIN_COSINE
+
+
+def test_external_data_graph_exports_loads_and_matches(
+    tiny_source: Callable[[str], Path], exported: Exported, tmp_path: Path
+) -> None:
+    """The layout used past 2 GB (weights beside the graph) works end to end."""
+    out = tmp_path / "external"
+    manifest = export_model(
+        str(tiny_source("qwen3")), out, ExportOptions(max_length=128, external_data=True)
+    )
+    weights = [
+        p for p in out.iterdir() if p.name not in ("model.onnx", "tokenizer.json", "slimembed.json")
+    ]
+    assert weights, "no external data file was written"
+    assert (out / "model.onnx").stat().st_size < sum(p.stat().st_size for p in weights)
+    assert manifest.parity["batch_min_cosine"] >= MIN_COSINE
+    texts = _mixed_texts()
+    want = TextEmbedding(exported("qwen3")).encode(texts)
+    np.testing.assert_allclose(TextEmbedding(out).encode(texts), want, atol=1e-5)

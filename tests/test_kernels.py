@@ -3,7 +3,6 @@
 
 from __future__ import annotations
 
-import json
 import os
 import signal
 import time
@@ -17,7 +16,7 @@ from tokenizers import Tokenizer as PyTokenizer
 
 from benchmarks.datasets import all_texts
 from slimembed import _core
-from tests import reference
+from tests import reference, tiny
 
 MODES = list(_core.POOLING_MODES)
 
@@ -97,21 +96,7 @@ def test_pool_rejects_wrong_dtypes() -> None:
 
 
 def _number_tokenizer() -> _core.Tokenizer:
-    """Word-level: the text "3 17" is ids [3, 17]."""
-    vocab = {str(i): i for i in range(50)}
-    vocab["[UNK]"] = 50
-    body = {
-        "version": "1.0",
-        "truncation": None,
-        "padding": None,
-        "added_tokens": [],
-        "normalizer": None,
-        "pre_tokenizer": {"type": "WhitespaceSplit"},
-        "post_processor": None,
-        "decoder": None,
-        "model": {"type": "WordLevel", "vocab": vocab, "unk_token": "[UNK]"},
-    }
-    return _core.Tokenizer.from_json(json.dumps(body))
+    return _core.Tokenizer.from_json(tiny.number_tokenizer_json())
 
 
 @settings(max_examples=200, deadline=None)

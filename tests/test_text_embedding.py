@@ -22,6 +22,7 @@ from slimembed import (
     UnknownModelError,
 )
 from slimembed.cli import main
+from tests import tiny
 from tests.reference import cosine
 
 Exported = Callable[[str], Path]
@@ -251,3 +252,53 @@ def test_cli_embed_and_info(bert: Path, tmp_path: Path) -> None:
     result = runner.invoke(main, ["embed", str(tmp_path), "x"])
     assert result.exit_code != 0
     assert "not a slimembed model directory" in result.output
+
+
+def _feature_graph(path: Path) -> None:
+    """A hand-made graph taking all four inputs: channel 0 of each token's state is its
+    position id, channel 1 its token id plus token type id."""
+    import onnx
+    from onnx import TensorProto, helper
+
+    names = ["input_ids", "attention_mask", "token_type_ids", "position_ids"]
+    inputs = [helper.make_tensor_value_info(n, TensorProto.INT64, ["batch", "seq"]) for n in names]
+    axes = helper.make_tensor("axes", TensorProto.INT64, [1], [2])
+    nodes = [
+        helper.make_node("Cast", ["position_ids"], ["pos"], to=TensorProto.FLOAT),
+        helper.make_node("Cast", ["input_ids"], ["ids"], to=TensorProto.FLOAT),
+        helper.make_node("Cast", ["token_type_ids"], ["types"], to=TensorProto.FLOAT),
+        helper.make_node("Add", ["ids", "types"], ["idtype"]),
+        helper.make_node("Unsqueeze", ["pos", "axes"], ["pos3"]),
+        helper.make_node("Unsqueeze", ["idtype", "axes"], ["id3"]),
+        helper.make_node("Concat", ["pos3", "id3"], ["last_hidden_state"], axis=2),
+    ]
+    output = helper.make_tensor_value_info(
+        "last_hidden_state", TensorProto.FLOAT, ["batch", "seq", 2]
+    )
+    graph = helper.make_graph(nodes, "features", inputs, [output], initializer=[axes])
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
+    model.ir_version = 8
+    onnx.save(model, path)
+
+
+@pytest.mark.parametrize("side", ["left", "right"])
+def test_position_and_token_type_inputs_are_fed_for_both_padding_sides(
+    tmp_path: Path, side: str
+) -> None:
+    from slimembed import Manifest
+
+    _feature_graph(tmp_path / "model.onnx")
+    (tmp_path / "tokenizer.json").write_text(tiny.number_tokenizer_json())
+    Manifest(
+        dim=2,
+        pooling="last_token",
+        normalize=False,
+        max_length=None,
+        padding_side=side,
+        pad_id=0,
+        add_special_tokens=False,
+        graph_inputs=("input_ids", "attention_mask", "token_type_ids", "position_ids"),
+    ).save(tmp_path)
+    got = TextEmbedding(tmp_path).encode(["5 6 7", "9", "1 2 3 4 5 6"], batch_size=3)
+    # Last token: position n - 1 counted from the text's first token, its id, token type 0.
+    np.testing.assert_array_equal(got, [[2, 7], [0, 9], [5, 6]])

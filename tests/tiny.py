@@ -8,6 +8,7 @@ the BERT model reuses all-MiniLM-L6-v2's real WordPiece tokenizer files.
 from __future__ import annotations
 
 import importlib.util
+import json
 import shutil
 from pathlib import Path
 
@@ -22,6 +23,24 @@ VOCAB = 1000
 # Large enough init that different texts get clearly different vectors, so a parity check
 # at cosine 0.99999 cannot pass by every vector looking alike.
 INIT_RANGE = 0.4
+
+
+def number_tokenizer_json() -> str:
+    """A word-level tokenizer.json where the text "3 17" is the ids [3, 17] (0-49)."""
+    vocab = {str(i): i for i in range(50)}
+    vocab["[UNK]"] = 50
+    body = {
+        "version": "1.0",
+        "truncation": None,
+        "padding": None,
+        "added_tokens": [],
+        "normalizer": None,
+        "pre_tokenizer": {"type": "WhitespaceSplit"},
+        "post_processor": None,
+        "decoder": None,
+        "model": {"type": "WordLevel", "vocab": vocab, "unk_token": "[UNK]"},
+    }
+    return json.dumps(body)
 
 
 def minilm_source() -> Path:

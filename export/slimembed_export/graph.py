@@ -40,8 +40,15 @@ class HiddenStates(torch.nn.Module):
         return hidden
 
 
-def export_graph(model: torch.nn.Module, decoder: bool, path: Path, pad_id: int) -> str:
-    """Write ``path`` (plus external data for large models); returns the exporter used."""
+def export_graph(
+    model: torch.nn.Module,
+    decoder: bool,
+    path: Path,
+    pad_id: int,
+    external_data: bool | None = None,
+) -> str:
+    """Write ``path``, with weights in external data for large models (or when
+    ``external_data`` says so); returns the exporter used."""
     wrapper = HiddenStates(model, decoder).eval()
     # Batch 2 and seq 8 with a padded row: no dimension is 0/1-specialized while tracing.
     ids = torch.full((2, 8), 5, dtype=torch.long)
@@ -49,7 +56,7 @@ def export_graph(model: torch.nn.Module, decoder: bool, path: Path, pad_id: int)
     mask[1, 6:] = 0
     ids[1, 6:] = pad_id
     size = sum(p.numel() * p.element_size() for p in model.parameters())
-    external = size > EXTERNAL_DATA_BYTES
+    external = size > EXTERNAL_DATA_BYTES if external_data is None else external_data
     batch, seq = torch.export.Dim("batch"), torch.export.Dim("seq")
     with torch.no_grad(), warnings.catch_warnings():
         warnings.simplefilter("ignore")

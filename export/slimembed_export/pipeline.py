@@ -37,6 +37,8 @@ class ExportOptions:
     document_template: str | None = None
     revision: str | None = None
     trust_remote_code: bool = False
+    # None: external data only past protobuf's 2 GB limit.
+    external_data: bool | None = None
     min_cosine: float = MIN_COSINE
 
 
@@ -95,7 +97,9 @@ def export_model(
     shutil.rmtree(staging, ignore_errors=True)
     staging.mkdir(parents=True)
     try:
-        exporter = export_graph(model, decoder, staging / "model.onnx", pad_id)
+        exporter = export_graph(
+            model, decoder, staging / "model.onnx", pad_id, external_data=opts.external_data
+        )
         (staging / "tokenizer.json").write_text(
             tokenizer.backend_tokenizer.to_str(), encoding="utf-8"
         )
