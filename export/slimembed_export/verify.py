@@ -117,9 +117,62 @@ def check_parity(
 
 
 def _min_cosine(a: np.ndarray, b: np.ndarray) -> float:
+    return float(_cosines(a, b).min())
+
+
+def check_static_parity(
+    model_dir: Path,
+    manifest: Manifest,
+    source: Any,
+    tensors: dict[str, np.ndarray],
+    min_cosine: float,
+) -> dict[str, Any]:
+    """A static export against the source formula (numpy, Python tokenizers) on its own table,
+    its fidelity to the float32 source table, and the portable ONNX graph against the runtime."""
+    import onnxruntime as ort
+
+    from slimembed_export.static import dequantized, reference_embed
+
+    texts = list(PROBE_TEXTS)
+    ours = TextEmbedding(model_dir).encode(texts, batch_size=4)
+    exact = _min_cosine(reference_embed(source, texts, dequantized(tensors)), ours)
+    to_fp32 = _cosines(reference_embed(source, texts, source.embeddings), ours)
+
+    tokenizer = _core.Tokenizer(model_dir / manifest.tokenizer_file)
+    encoded = tokenizer.encode(texts, add_special_tokens=False)
+    rows = []
+    for i in range(len(texts)):
+        ids = encoded.row(i)
+        rows.append(ids[ids != manifest.skip_id] if manifest.skip_id is not None else ids)
+    seq = max(1, max(len(r) for r in rows))
+    ids = np.zeros((len(rows), seq), dtype=np.int64)
+    mask = np.zeros_like(ids)
+    for i, r in enumerate(rows):
+        ids[i, : len(r)], mask[i, : len(r)] = r, 1
+    session = ort.InferenceSession(
+        str(model_dir / manifest.graph_file), providers=["CPUExecutionProvider"]
+    )
+    hidden = session.run(None, {"input_ids": ids, "attention_mask": mask})[0]
+    graph = _core.pool(hidden, mask, "mean", normalize=manifest.normalize)
+    figures = {
+        "probe_texts": len(texts),
+        "min_cosine_to_source_formula": exact,
+        "graph_min_cosine_to_runtime": _min_cosine(graph, ours),
+        "fp32_cosine_mean": float(to_fp32.mean()),
+        "fp32_cosine_min": float(to_fp32.min()),
+        "table_bytes": (model_dir / manifest.table_file).stat().st_size
+        if manifest.table_file
+        else 0,
+    }
+    worst = min(exact, figures["graph_min_cosine_to_runtime"])
+    if not worst >= min_cosine:
+        raise ExportError(f"static export does not match its source formula (figures: {figures})")
+    return figures
+
+
+def _cosines(a: np.ndarray, b: np.ndarray) -> np.ndarray:
     a64, b64 = a.astype(np.float64), b.astype(np.float64)
     na, nb = np.linalg.norm(a64, axis=1), np.linalg.norm(b64, axis=1)
-    both_zero = (na == 0) & (nb == 0)
     cos = (a64 * b64).sum(1) / np.maximum(na * nb, 1e-30)
-    cos[both_zero] = 1.0
-    return float(cos.min())
+    cos[(na == 0) & (nb == 0)] = 1.0
+    return cos

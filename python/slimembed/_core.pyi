@@ -6,7 +6,7 @@ import numpy as np
 import numpy.typing as npt
 from typing_extensions import Self, final
 
-__all__ = ["POOLING_MODES", "Encoded", "Tokenizer", "pool"]
+__all__ = ["POOLING_MODES", "Encoded", "StaticModel", "Tokenizer", "pool"]
 
 POOLING_MODES: list[str]
 
@@ -47,6 +47,25 @@ class Encoded:
         npt.NDArray[np.int64],
         npt.NDArray[np.int64] | None,
     ]: ...
+
+@final
+class StaticModel:
+    def __new__(
+        cls,
+        tokenizer: Tokenizer,
+        table_path: str | PathLike[str],
+        *,
+        add_special_tokens: bool = False,
+        skip_id: int | None = None,
+        normalize: bool = False,
+    ) -> Self: ...
+    @property
+    def dim(self) -> int: ...
+    @property
+    def vocab_size(self) -> int: ...
+    def embed(
+        self, texts: list[str], *, max_length: int | None = None, dim: int | None = None
+    ) -> npt.NDArray[np.float32]: ...
 
 def pool(
     hidden: npt.NDArray[np.float32],

@@ -21,7 +21,7 @@ VERSION = 1
 POOLING_MODES: tuple[str, ...] = tuple(_core.POOLING_MODES)
 PADDING_SIDES = ("left", "right")
 PRECISIONS = ("fp32", "fp16", "int8")
-KINDS = ("transformer",)
+KINDS = ("transformer", "static")
 # Graph inputs the runtime knows how to feed; every graph needs the first two.
 GRAPH_INPUTS = ("input_ids", "attention_mask", "token_type_ids", "position_ids")
 
@@ -69,6 +69,9 @@ class Manifest:
     precision: str = "fp32"
     tokenizer_file: str = "tokenizer.json"
     add_special_tokens: bool = True
+    # Static models: the table (embeddings.safetensors) and a token id dropped before pooling.
+    table_file: str | None = None
+    skip_id: int | None = None
     matryoshka_dims: tuple[int, ...] = ()
     query: Prompt = field(default_factory=Prompt)
     document: Prompt = field(default_factory=Prompt)
@@ -103,8 +106,23 @@ class Manifest:
             f"dimensions between 1 and {self.dim}",
         )
         for name in ("query", "document"):
-            template = getattr(self, name).template
-            _check("{text}" in template, f"{name}.template", template, "a template with {text}")
+            prompt = getattr(self, name)
+            _check(
+                "{text}" in prompt.template,
+                f"{name}.template",
+                prompt.template,
+                "a template with {text}",
+            )
+            if self.kind == "static":
+                _check(
+                    not (prompt.exclude_instruction or prompt.prefix_ids or prompt.suffix_ids),
+                    f"{name}",
+                    prompt,
+                    "a text template only (static models insert no ids)",
+                )
+        if self.kind == "static":
+            _check(self.table_file is not None, "table_file", self.table_file, "a file name")
+            _check(self.pooling == "mean", "pooling", self.pooling, "mean for a static model")
 
     def to_dict(self) -> dict[str, Any]:
         body = asdict(self)

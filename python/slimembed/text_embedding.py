@@ -12,10 +12,10 @@ from __future__ import annotations
 
 import os
 import threading
-from collections.abc import Iterable, Iterator, Sequence, Sized
+from collections.abc import Callable, Iterable, Iterator, Sequence, Sized
 from itertools import islice
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 import numpy as np
 import numpy.typing as npt
@@ -32,6 +32,7 @@ DEFAULT_MAX_TOKENS = 8192
 CHUNK_SIZE = 2048
 
 Vector = npt.NDArray[np.float32]
+T = TypeVar("T")
 
 
 class TextEmbedding:
@@ -80,16 +81,26 @@ class TextEmbedding:
             "device_id": device_id,
             "threads": self.threads,
         }
-        tokenizer_path = self.model_dir / self.manifest.tokenizer_file
-        try:
-            self._tokenizer = _core.Tokenizer(tokenizer_path)
-        except FileNotFoundError as err:
-            raise ModelFileError(f"{tokenizer_path} not found: {err}") from err
-        except ValueError as err:
-            raise ModelFileError(f"{tokenizer_path} is corrupt: {err}") from err
+        m = self.manifest
+        tokenizer_path = self.model_dir / m.tokenizer_file
+        self._tokenizer = _native(_core.Tokenizer, tokenizer_path)
+        self._static: _core.StaticModel | None = None
+        if m.kind == "static":
+            assert m.table_file is not None  # the manifest checks it
+            table_path = self.model_dir / m.table_file
+            self._static = _native(
+                lambda p: _core.StaticModel(
+                    self._tokenizer,
+                    p,
+                    add_special_tokens=m.add_special_tokens,
+                    skip_id=m.skip_id,
+                    normalize=m.normalize,
+                ),
+                table_path,
+            )
         self._session: Any = None
         self._lock = threading.Lock()
-        if not lazy_load:
+        if not lazy_load and self._static is None:
             self._load()
 
     # ---- fastembed-compatible API -------------------------------------------------------
@@ -242,8 +253,11 @@ class TextEmbedding:
         batch_size: int,
         dim: int | None,
     ) -> npt.NDArray[np.float32]:
-        session = self._session or self._load()
         m = self.manifest
+        if self._static is not None:
+            wrapped = [head + t + tail for t in texts] if (head or tail) else texts
+            return self._static.embed(wrapped, max_length=m.max_length, dim=dim)
+        session = self._session or self._load()
         exclude = prompt is not None and prompt.exclude_instruction and bool(head)
         if exclude:
             encoded = self._tokenizer.encode(
@@ -291,6 +305,16 @@ class TextEmbedding:
     def __repr__(self) -> str:
         m = self.manifest
         return f"TextEmbedding({self.model_name!r}, dim={m.dim}, pooling={m.pooling!r})"
+
+
+def _native(load: Callable[[Path], T], path: Path) -> T:
+    """Load a file with the Rust extension, naming it in slimembed's errors."""
+    try:
+        return load(path)
+    except FileNotFoundError as err:
+        raise ModelFileError(f"{path} not found: {err}") from err
+    except ValueError as err:
+        raise ModelFileError(f"{path} is corrupt: {err}") from err
 
 
 def _as_iterable(texts: str | Iterable[str]) -> Iterable[str]:

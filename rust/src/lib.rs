@@ -5,6 +5,7 @@
 
 pub mod error;
 pub mod pooling;
+pub mod static_embed;
 pub mod tokenize;
 
 #[cfg(feature = "python")]

@@ -11,6 +11,7 @@ use pyo3::prelude::*;
 
 use crate::error::Error;
 use crate::pooling::{self, Pooling};
+use crate::static_embed::{self, StaticOptions, StaticTable};
 use crate::tokenize::{EncodeOptions, Encoded, PaddingSide, TextTokenizer};
 
 impl From<Error> for PyErr {
@@ -163,6 +164,68 @@ impl PyEncoded {
     }
 }
 
+/// A static embedding model: tokenizer plus table, run end to end in Rust without the GIL.
+#[pyclass(frozen, module = "slimembed._core", name = "StaticModel")]
+struct PyStaticModel {
+    tokenizer: Py<PyTokenizer>,
+    table: StaticTable,
+    add_special_tokens: bool,
+    skip_id: Option<u32>,
+    normalize: bool,
+}
+
+#[pymethods]
+impl PyStaticModel {
+    #[new]
+    #[pyo3(signature = (tokenizer, table_path, *, add_special_tokens=false, skip_id=None, normalize=false))]
+    fn new(
+        tokenizer: Py<PyTokenizer>,
+        table_path: PathBuf,
+        add_special_tokens: bool,
+        skip_id: Option<u32>,
+        normalize: bool,
+    ) -> PyResult<Self> {
+        Ok(Self {
+            tokenizer,
+            table: StaticTable::from_file(&table_path)?,
+            add_special_tokens,
+            skip_id,
+            normalize,
+        })
+    }
+
+    #[getter]
+    fn dim(&self) -> usize {
+        self.table.dim()
+    }
+
+    #[getter]
+    fn vocab_size(&self) -> usize {
+        self.table.vocab_size()
+    }
+
+    #[pyo3(signature = (texts, *, max_length=None, dim=None))]
+    fn embed<'py>(
+        &self,
+        py: Python<'py>,
+        texts: Vec<String>,
+        max_length: Option<usize>,
+        dim: Option<usize>,
+    ) -> PyResult<Bound<'py, PyArray2<f32>>> {
+        let opts = StaticOptions {
+            add_special_tokens: self.add_special_tokens,
+            skip_id: self.skip_id,
+            max_length,
+            normalize: self.normalize,
+            dim,
+            parallel: use_pool(),
+        };
+        let tokenizer = &self.tokenizer.get().inner;
+        let out = py.detach(|| static_embed::embed(tokenizer, &self.table, &texts, &opts))?;
+        Ok(out.into_pyarray(py))
+    }
+}
+
 /// Pool float32 `(batch, seq, dim)` hidden states under an int64 `(batch, seq)` mask.
 #[pyfunction]
 #[pyo3(signature = (hidden, mask, mode, *, skip=None, normalize=false, dim=None))]
@@ -191,6 +254,7 @@ fn _core(m: &Bound<'_, PyModule>) -> PyResult<()> {
     }
     m.add_class::<PyTokenizer>()?;
     m.add_class::<PyEncoded>()?;
+    m.add_class::<PyStaticModel>()?;
     m.add_function(wrap_pyfunction!(pool, m)?)?;
     m.add("POOLING_MODES", Pooling::NAMES.to_vec())?;
     Ok(())

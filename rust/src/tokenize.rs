@@ -164,6 +164,16 @@ impl TextTokenizer {
         Ok(Encoded { ids, skip })
     }
 
+    /// Token ids of one text, untruncated, with nothing inserted; `index` names it in errors.
+    pub fn ids(&self, index: usize, text: &str, add_special_tokens: bool) -> Result<Vec<u32>> {
+        let opts = EncodeOptions {
+            add_special_tokens,
+            ..EncodeOptions::default()
+        };
+        self.encode_one(index, text, None, None, &[], &[], &opts)
+            .map(|(ids, _)| ids)
+    }
+
     fn id_tokens(&self, ids: &[u32]) -> Result<Vec<Token>> {
         ids.iter()
             .map(|&id| {

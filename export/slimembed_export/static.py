@@ -1,0 +1,244 @@
+"""Exporting static embedding models (sentence-transformers StaticEmbedding, model2vec).
+
+No transformer is involved: the table is rewritten as ``embeddings.safetensors`` in the chosen
+precision (INT8 with one f32 scale per row), the tokenizer is copied, and an ONNX graph of the
+same lookup is written beside them for other ONNX runtimes. The slimembed runtime runs static
+models in Rust and never loads that graph.
+
+Source rules, kept exactly:
+- model2vec: no special tokens; the unknown token is dropped; ``mapping`` and ``weights`` apply;
+  ``normalize`` from config.json. (model2vec truncates at 512 tokens by default; slimembed keeps
+  every token unless ``--max-length`` is given.)
+- sentence-transformers StaticEmbedding: no special tokens, unknown tokens kept, plain mean;
+  a Normalize module means normalize.
+"""
+
+from __future__ import annotations
+
+import shutil
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+
+from slimembed.manifest import Manifest
+from slimembed_export.errors import ExportError
+from slimembed_export.source import read_json
+
+TABLE_FILE = "embeddings.safetensors"
+ST_STATIC = "StaticEmbedding"
+
+
+@dataclass
+class StaticSource:
+    """A static model as read from its source directory, in float32."""
+
+    kind: str  # "model2vec" or "sentence-transformers"
+    embeddings: np.ndarray  # (rows, dim)
+    tokenizer_file: Path
+    normalize: bool
+    skip_id: int | None = None
+    mapping: np.ndarray | None = None  # (vocab,) int64
+    weights: np.ndarray | None = None  # (vocab,) float32
+    int8_source: bool = False
+
+
+def detect(model_dir: Path) -> str | None:
+    """ "model2vec", "sentence-transformers" (StaticEmbedding) or None for other models."""
+    modules = model_dir / "modules.json"
+    if modules.is_file():
+        kinds = [str(m.get("type", "")).rsplit(".", 1)[-1] for m in read_json(modules)]
+        return "sentence-transformers" if ST_STATIC in kinds else None
+    config = model_dir / "config.json"
+    if (model_dir / "model.safetensors").is_file() and config.is_file():
+        data = read_json(config)
+        if data.get("model_type") == "model2vec" or not data.get("architectures"):
+            from safetensors import safe_open
+
+            with safe_open(str(model_dir / "model.safetensors"), "np") as fh:
+                if "embeddings" in fh.keys():  # noqa: SIM118 - safe_open has no __contains__
+                    return "model2vec"
+    return None
+
+
+def read_source(model_dir: Path, kind: str) -> StaticSource:
+    from safetensors.numpy import load_file
+
+    if kind == "model2vec":
+        tensors = load_file(str(model_dir / "model.safetensors"))
+        config = read_json(model_dir / "config.json")
+        table = tensors["embeddings"]
+        mapping = tensors.get("mapping")
+        weights = tensors.get("weights")
+        return StaticSource(
+            kind=kind,
+            embeddings=table.astype(np.float32),
+            tokenizer_file=model_dir / "tokenizer.json",
+            normalize=bool(config.get("normalize", False)),
+            skip_id=_unk_id(model_dir / "tokenizer.json"),
+            mapping=None if mapping is None else mapping.astype(np.int64),
+            weights=None if weights is None else weights.astype(np.float32),
+            int8_source=table.dtype == np.int8,
+        )
+    modules = read_json(model_dir / "modules.json")
+    static = next(m for m in modules if str(m.get("type", "")).endswith(ST_STATIC))
+    others = [str(m.get("type", "")).rsplit(".", 1)[-1] for m in modules if m is not static]
+    if set(others) - {"Normalize"}:
+        raise ExportError(f"{model_dir}: modules {others} after StaticEmbedding are not supported")
+    folder = model_dir / static.get("path", "")
+    tensors = load_file(str(folder / "model.safetensors"))
+    key = "embedding.weight" if "embedding.weight" in tensors else next(iter(tensors))
+    return StaticSource(
+        kind=kind,
+        embeddings=tensors[key].astype(np.float32),
+        tokenizer_file=folder / "tokenizer.json",
+        normalize="Normalize" in others,
+    )
+
+
+def _unk_id(tokenizer_file: Path) -> int | None:
+    """The id model2vec drops: the model's unk token (WordPiece, BPE, WordLevel) or unk_id."""
+    model = read_json(tokenizer_file)["model"]
+    if "unk_id" in model:
+        return model["unk_id"]
+    token = model.get("unk_token")
+    if token is None:
+        return None
+    vocab = model.get("vocab")
+    if isinstance(vocab, dict) and token in vocab:
+        return int(vocab[token])
+    added = read_json(tokenizer_file).get("added_tokens") or []
+    return next((int(t["id"]) for t in added if t.get("content") == token), None)
+
+
+def table_tensors(source: StaticSource, precision: str) -> dict[str, np.ndarray]:
+    """The tensors of embeddings.safetensors for ``precision``."""
+    table = source.embeddings
+    tensors: dict[str, np.ndarray] = {}
+    if precision == "fp32":
+        tensors["embeddings"] = table
+    elif precision == "fp16":
+        tensors["embeddings"] = table.astype(np.float16)
+    elif precision == "int8":
+        if source.int8_source:  # already integers: keep them exactly, scale 1
+            tensors["embeddings"] = table.astype(np.int8)
+            tensors["scales"] = np.ones(len(table), dtype=np.float32)
+        else:
+            scales = np.abs(table).max(axis=1) / 127.0
+            scales[scales == 0] = 1.0
+            tensors["embeddings"] = np.round(table / scales[:, None]).astype(np.int8)
+            tensors["scales"] = scales.astype(np.float32)
+    else:
+        raise ExportError(f"precision must be fp32, fp16 or int8, got {precision!r}")
+    if source.mapping is not None:
+        tensors["mapping"] = source.mapping
+    if source.weights is not None:
+        tensors["weights"] = source.weights
+    return tensors
+
+
+def dequantized(tensors: dict[str, np.ndarray]) -> np.ndarray:
+    """The float32 table a runtime sees from ``table_tensors``' output."""
+    table = tensors["embeddings"].astype(np.float32)
+    if "scales" in tensors:
+        table = table * tensors["scales"][:, None]
+    return table
+
+
+def write_graph(tensors: dict[str, np.ndarray], path: Path) -> None:
+    """An ONNX graph of the lookup: (input_ids, attention_mask) -> per-token rows, which the
+    manifest's mean pooling averages; mapping and weights are applied inside."""
+    import onnx
+    from onnx import TensorProto, helper, numpy_helper
+
+    table = dequantized(tensors)
+    initializers = [numpy_helper.from_array(table, "table")]
+    nodes = []
+    rows = "input_ids"
+    if "mapping" in tensors:
+        initializers.append(numpy_helper.from_array(tensors["mapping"].astype(np.int64), "mapping"))
+        nodes.append(helper.make_node("Gather", ["mapping", "input_ids"], ["rows"], axis=0))
+        rows = "rows"
+    nodes.append(helper.make_node("Gather", ["table", rows], ["vectors"], axis=0))
+    output = "vectors"
+    if "weights" in tensors:
+        initializers.append(numpy_helper.from_array(tensors["weights"][:, None], "weights"))
+        nodes.append(helper.make_node("Gather", ["weights", "input_ids"], ["w"], axis=0))
+        nodes.append(helper.make_node("Mul", ["vectors", "w"], ["weighted"]))
+        output = "weighted"
+    nodes.append(helper.make_node("Identity", [output], ["last_hidden_state"]))
+    inputs = [
+        helper.make_tensor_value_info(n, TensorProto.INT64, ["batch", "seq"])
+        for n in ("input_ids", "attention_mask")
+    ]
+    out = helper.make_tensor_value_info(
+        "last_hidden_state", TensorProto.FLOAT, ["batch", "seq", table.shape[1]]
+    )
+    graph = helper.make_graph(nodes, "static_embedding", inputs, [out], initializer=initializers)
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
+    model.ir_version = 8
+    onnx.save(model, str(path))
+
+
+def reference_embed(source: StaticSource, texts: list[str], table: np.ndarray) -> np.ndarray:
+    """The source library's formula in numpy, with the Python tokenizers library."""
+    from tokenizers import Tokenizer
+
+    tokenizer = Tokenizer.from_file(str(source.tokenizer_file))
+    tokenizer.no_truncation()
+    tokenizer.no_padding()
+    out = np.zeros((len(texts), table.shape[1]), dtype=np.float64)
+    for i, encoding in enumerate(tokenizer.encode_batch(texts, add_special_tokens=False)):
+        ids = [t for t in encoding.ids if t != source.skip_id]
+        if not ids:
+            continue
+        rows = source.mapping[ids] if source.mapping is not None else ids
+        vecs = table[rows].astype(np.float64)
+        if source.weights is not None:
+            vecs = vecs * source.weights[ids][:, None]
+        out[i] = vecs.mean(0)
+    if source.normalize:
+        out /= np.maximum(np.linalg.norm(out, axis=1, keepdims=True), 1e-12)
+    return out
+
+
+def export_static(
+    model_dir: Path,
+    kind: str,
+    staging: Path,
+    source_id: str,
+    precision: str,
+    max_length: int | None,
+    revision: str | None,
+) -> tuple[Manifest, StaticSource, dict[str, np.ndarray]]:
+    """Write a static model directory into ``staging``; returns its manifest (no parity yet)."""
+    from safetensors.numpy import save_file
+
+    source = read_source(model_dir, kind)
+    tensors = table_tensors(source, precision)
+    save_file(tensors, str(staging / TABLE_FILE))
+    shutil.copy(source.tokenizer_file, staging / "tokenizer.json")
+    write_graph(tensors, staging / "model.onnx")
+    manifest = Manifest(
+        kind="static",
+        dim=int(source.embeddings.shape[1]),
+        pooling="mean",
+        normalize=source.normalize,
+        max_length=max_length,
+        padding_side="right",
+        pad_id=0,
+        add_special_tokens=False,
+        precision=precision,
+        table_file=TABLE_FILE,
+        skip_id=source.skip_id,
+        source={
+            "id": source_id,
+            "revision": revision,
+            "architecture": f"static ({kind})",
+            "rows": int(source.embeddings.shape[0]),
+            "vocabulary": int(
+                len(source.mapping) if source.mapping is not None else len(source.embeddings)
+            ),
+        },
+    )
+    return manifest, source, tensors

@@ -1,0 +1,161 @@
+"""Static models: export from model2vec and sentence-transformers StaticEmbedding folders, run
+in Rust, and match the source libraries on every text in shared/data."""
+
+from __future__ import annotations
+
+import importlib.util
+import json
+from collections.abc import Callable
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from benchmarks.datasets import all_texts
+from slimembed import Manifest, ManifestError, ModelFileError, TextEmbedding
+from slimembed_export import ExportError, ExportOptions, export_model
+from tests.reference import cosine
+
+FP32_MIN = 0.99999
+INT8_MIN = 0.999
+
+
+def _package_dir(name: str) -> Path:
+    spec = importlib.util.find_spec(name)
+    if spec is None or not spec.submodule_search_locations:
+        raise RuntimeError(f"the test extra's package {name} is not installed")
+    return Path(next(iter(spec.submodule_search_locations)))
+
+
+@pytest.fixture(scope="module")
+def texts() -> list[str]:
+    return list(all_texts())
+
+
+@pytest.fixture(scope="module")
+def tokenlearn_dir() -> Path:
+    """model2vec format with vocabulary quantization: mapping, weights, INT8 rows, Unigram."""
+    return _package_dir("static_model") / "model"
+
+
+@pytest.fixture(scope="module")
+def wordllama_model2vec(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """wordllama's real 32,000 x 256 table and Llama BPE tokenizer, saved by model2vec itself."""
+    from model2vec import StaticModel
+    from safetensors.numpy import load_file
+    from tokenizers import Tokenizer
+
+    root = _package_dir("wordllama")
+    table = load_file(str(root / "weights" / "l2_supercat_256.safetensors"))["embedding.weight"]
+    tokenizer = Tokenizer.from_file(str(root / "tokenizers" / "l2_supercat_tokenizer_config.json"))
+    out = tmp_path_factory.mktemp("m2v") / "wordllama-m2v"
+    StaticModel(
+        vectors=table.astype(np.float32), tokenizer=tokenizer, normalize=True
+    ).save_pretrained(out)
+    return out
+
+
+@pytest.fixture(scope="module")
+def wordllama_st(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """The same table as a sentence-transformers StaticEmbedding model with Normalize."""
+    from safetensors.numpy import load_file
+    from sentence_transformers import SentenceTransformer
+
+    try:
+        from sentence_transformers.sentence_transformer.modules import Normalize, StaticEmbedding
+    except ImportError:  # sentence-transformers before the modules move
+        from sentence_transformers.models import Normalize, StaticEmbedding
+    from tokenizers import Tokenizer
+
+    root = _package_dir("wordllama")
+    table = load_file(str(root / "weights" / "l2_supercat_256.safetensors"))["embedding.weight"]
+    tokenizer = Tokenizer.from_file(str(root / "tokenizers" / "l2_supercat_tokenizer_config.json"))
+    static = StaticEmbedding(tokenizer, embedding_weights=table.astype(np.float32))
+    out = tmp_path_factory.mktemp("st") / "wordllama-st"
+    SentenceTransformer(modules=[static, Normalize()], device="cpu").save(str(out))
+    return out
+
+
+def _model2vec_vectors(path: Path, texts: list[str]) -> np.ndarray:
+    from model2vec import StaticModel
+
+    return StaticModel.from_pretrained(path).encode(texts, max_length=None)
+
+
+@pytest.mark.parametrize(("precision", "floor"), [("fp32", FP32_MIN), ("int8", INT8_MIN)])
+def test_model2vec_quantized_vocabulary_matches_model2vec(
+    tokenlearn_dir: Path, texts: list[str], tmp_path: Path, precision: str, floor: float
+) -> None:
+    manifest = export_model(str(tokenlearn_dir), tmp_path / "m", ExportOptions(precision=precision))
+    assert manifest.kind == "static"
+    assert manifest.skip_id == 3  # the Unigram unk id model2vec drops
+    assert manifest.parity["min_cosine_to_source_formula"] >= FP32_MIN
+    assert manifest.parity["graph_min_cosine_to_runtime"] >= FP32_MIN
+    ours = TextEmbedding(tmp_path / "m").encode(texts)
+    want = _model2vec_vectors(tokenlearn_dir, texts)
+    assert cosine(ours, want).min() >= floor
+
+
+@pytest.mark.parametrize(
+    ("precision", "floor"), [("fp32", FP32_MIN), ("fp16", 0.9999), ("int8", INT8_MIN)]
+)
+def test_model2vec_bpe_table_matches_model2vec(
+    wordllama_model2vec: Path, texts: list[str], tmp_path: Path, precision: str, floor: float
+) -> None:
+    export_model(str(wordllama_model2vec), tmp_path / "m", ExportOptions(precision=precision))
+    ours = TextEmbedding(tmp_path / "m").encode(texts)
+    want = _model2vec_vectors(wordllama_model2vec, texts)
+    assert cosine(ours, want).min() >= floor
+
+
+@pytest.mark.parametrize(("precision", "floor"), [("fp32", FP32_MIN), ("int8", INT8_MIN)])
+def test_sentence_transformers_static_embedding_matches(
+    wordllama_st: Path, texts: list[str], tmp_path: Path, precision: str, floor: float
+) -> None:
+    from sentence_transformers import SentenceTransformer
+
+    manifest = export_model(str(wordllama_st), tmp_path / "m", ExportOptions(precision=precision))
+    assert manifest.normalize is True
+    assert manifest.skip_id is None  # sentence-transformers keeps unknown tokens
+    ours = TextEmbedding(tmp_path / "m").encode(texts)
+    want = SentenceTransformer(str(wordllama_st), device="cpu").encode(texts, batch_size=256)
+    assert cosine(ours, want).min() >= floor
+
+
+def test_int8_table_is_a_quarter_of_fp32(wordllama_model2vec: Path, tmp_path: Path) -> None:
+    fp32 = export_model(str(wordllama_model2vec), tmp_path / "a", ExportOptions(precision="fp32"))
+    int8 = export_model(str(wordllama_model2vec), tmp_path / "b", ExportOptions(precision="int8"))
+    assert int8.parity["table_bytes"] < 0.3 * fp32.parity["table_bytes"]
+    assert int8.parity["fp32_cosine_min"] >= INT8_MIN
+
+
+def test_static_runtime_edges(wordllama_model2vec: Path, tmp_path: Path) -> None:
+    export_model(str(wordllama_model2vec), tmp_path / "m", ExportOptions())
+    model = TextEmbedding(tmp_path / "m")
+    assert model._session is None  # no ONNX Runtime session for a static model
+    vectors = model.encode(["", "hello world", "hello world " * 2000])
+    np.testing.assert_array_equal(vectors[0], 0.0)
+    # No maximum length: a long repetition averages to the same direction as one copy.
+    assert cosine(vectors[1:2], vectors[2:3])[0] > 0.99
+    small = model.encode(["hello world"], dim=64)
+    want = vectors[1, :64] / np.linalg.norm(vectors[1, :64])
+    np.testing.assert_allclose(small[0], want, atol=1e-6)
+    assert len(list(model.embed(["a", "b"], batch_size=1))) == 2
+
+
+def test_static_manifest_rules_and_bad_tables(
+    wordllama_model2vec: Path,
+    tmp_path: Path,
+    variant: Callable[..., Path],
+    tiny_source: Callable[[str], Path],
+) -> None:
+    export_model(str(wordllama_model2vec), tmp_path / "m", ExportOptions())
+    with pytest.raises(ManifestError, match="mean for a static model"):
+        Manifest.load(variant(tmp_path / "m", pooling="cls"))
+    broken = variant(tmp_path / "m")
+    (broken / "embeddings.safetensors").write_bytes(b"\x08\x00\x00\x00\x00\x00\x00\x00{}")
+    with pytest.raises(ModelFileError, match=r"embeddings\.safetensors"):
+        TextEmbedding(broken)
+    with pytest.raises(ExportError, match="fp32 only"):
+        export_model(str(tiny_source("bert")), tmp_path / "x", ExportOptions(precision="int8"))
+    assert json.loads((tmp_path / "m" / "slimembed.json").read_text())["kind"] == "static"
