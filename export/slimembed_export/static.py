@@ -21,6 +21,7 @@ from pathlib import Path
 
 import numpy as np
 
+from slimembed import tables
 from slimembed.manifest import Manifest
 from slimembed_export.errors import ExportError
 from slimembed_export.source import read_json
@@ -52,20 +53,15 @@ def detect(model_dir: Path) -> str | None:
     config = model_dir / "config.json"
     if (model_dir / "model.safetensors").is_file() and config.is_file():
         data = read_json(config)
-        if data.get("model_type") == "model2vec" or not data.get("architectures"):
-            from safetensors import safe_open
-
-            with safe_open(str(model_dir / "model.safetensors"), "np") as fh:
-                if "embeddings" in fh.keys():  # noqa: SIM118 - safe_open has no __contains__
-                    return "model2vec"
+        plain = data.get("model_type") == "model2vec" or not data.get("architectures")
+        if plain and "embeddings" in tables.tensor_names(model_dir / "model.safetensors"):
+            return "model2vec"
     return None
 
 
 def read_source(model_dir: Path, kind: str) -> StaticSource:
-    from safetensors.numpy import load_file
-
     if kind == "model2vec":
-        tensors = load_file(str(model_dir / "model.safetensors"))
+        tensors = tables.load(model_dir / "model.safetensors")
         config = read_json(model_dir / "config.json")
         table = tensors["embeddings"]
         mapping = tensors.get("mapping")
@@ -86,7 +82,7 @@ def read_source(model_dir: Path, kind: str) -> StaticSource:
     if set(others) - {"Normalize"}:
         raise ExportError(f"{model_dir}: modules {others} after StaticEmbedding are not supported")
     folder = model_dir / static.get("path", "")
-    tensors = load_file(str(folder / "model.safetensors"))
+    tensors = tables.load(folder / "model.safetensors")
     key = "embedding.weight" if "embedding.weight" in tensors else next(iter(tensors))
     return StaticSource(
         kind=kind,
@@ -113,36 +109,15 @@ def _unk_id(tokenizer_file: Path) -> int | None:
 
 def table_tensors(source: StaticSource, precision: str) -> dict[str, np.ndarray]:
     """The tensors of embeddings.safetensors for ``precision``."""
-    table = source.embeddings
-    tensors: dict[str, np.ndarray] = {}
-    if precision == "fp32":
-        tensors["embeddings"] = table
-    elif precision == "fp16":
-        tensors["embeddings"] = table.astype(np.float16)
-    elif precision == "int8":
-        if source.int8_source:  # already integers: keep them exactly, scale 1
-            tensors["embeddings"] = table.astype(np.int8)
-            tensors["scales"] = np.ones(len(table), dtype=np.float32)
-        else:
-            scales = np.abs(table).max(axis=1) / 127.0
-            scales[scales == 0] = 1.0
-            tensors["embeddings"] = np.round(table / scales[:, None]).astype(np.int8)
-            tensors["scales"] = scales.astype(np.float32)
-    else:
-        raise ExportError(f"precision must be fp32, fp16 or int8, got {precision!r}")
+    try:
+        tensors = tables.quantize(source.embeddings, precision, integer_rows=source.int8_source)
+    except ValueError as err:
+        raise ExportError(str(err)) from err
     if source.mapping is not None:
         tensors["mapping"] = source.mapping
     if source.weights is not None:
         tensors["weights"] = source.weights
     return tensors
-
-
-def dequantized(tensors: dict[str, np.ndarray]) -> np.ndarray:
-    """The float32 table a runtime sees from ``table_tensors``' output."""
-    table = tensors["embeddings"].astype(np.float32)
-    if "scales" in tensors:
-        table = table * tensors["scales"][:, None]
-    return table
 
 
 def write_graph(tensors: dict[str, np.ndarray], path: Path) -> None:
@@ -151,7 +126,7 @@ def write_graph(tensors: dict[str, np.ndarray], path: Path) -> None:
     import onnx
     from onnx import TensorProto, helper, numpy_helper
 
-    table = dequantized(tensors)
+    table = tables.dequantize(tensors)
     initializers = [numpy_helper.from_array(table, "table")]
     nodes = []
     rows = "input_ids"
@@ -212,11 +187,9 @@ def export_static(
     revision: str | None,
 ) -> tuple[Manifest, StaticSource, dict[str, np.ndarray]]:
     """Write a static model directory into ``staging``; returns its manifest (no parity yet)."""
-    from safetensors.numpy import save_file
-
     source = read_source(model_dir, kind)
     tensors = table_tensors(source, precision)
-    save_file(tensors, str(staging / TABLE_FILE))
+    tables.save(tensors, staging / TABLE_FILE)
     shutil.copy(source.tokenizer_file, staging / "tokenizer.json")
     write_graph(tensors, staging / "model.onnx")
     manifest = Manifest(

@@ -131,11 +131,12 @@ def check_static_parity(
     its fidelity to the float32 source table, and the portable ONNX graph against the runtime."""
     import onnxruntime as ort
 
-    from slimembed_export.static import dequantized, reference_embed
+    from slimembed import tables
+    from slimembed_export.static import reference_embed
 
     texts = list(PROBE_TEXTS)
     ours = TextEmbedding(model_dir).encode(texts, batch_size=4)
-    exact = _min_cosine(reference_embed(source, texts, dequantized(tensors)), ours)
+    exact = _min_cosine(reference_embed(source, texts, tables.dequantize(tensors)), ours)
     to_fp32 = _cosines(reference_embed(source, texts, source.embeddings), ours)
 
     tokenizer = _core.Tokenizer(model_dir / manifest.tokenizer_file)
