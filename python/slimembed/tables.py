@@ -77,7 +77,7 @@ def load(path: str | Path) -> dict[str, np.ndarray]:
         header = json.loads(raw[8 : 8 + size])
     except (OSError, struct.error, ValueError) as err:
         raise ModelFileError(f"{path} is not a readable safetensors file: {err}") from err
-    body = memoryview(raw)[8 + size :]
+    body = raw[8 + size :]
     tensors = {}
     for name, info in header.items():
         if name == "__metadata__":
@@ -86,8 +86,8 @@ def load(path: str | Path) -> dict[str, np.ndarray]:
         if dtype is None:
             raise ModelFileError(f"{path}: tensor {name!r} has unsupported dtype {info['dtype']}")
         start, end = info["data_offsets"]
-        array = np.frombuffer(body[start:end], dtype=dtype).reshape(info["shape"])
-        tensors[name] = array.copy()
+        # frombuffer over a bytes slice is read-only; copy so callers own writable arrays.
+        tensors[name] = np.frombuffer(body[start:end], dtype=dtype).reshape(info["shape"]).copy()
     return tensors
 
 
