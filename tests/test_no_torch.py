@@ -13,7 +13,7 @@ HEAVY = ("torch", "transformers", "tokenizers", "sentence_transformers", "onnx",
 SCRIPT = """
 import json, sys
 from slimembed import TextEmbedding
-model = TextEmbedding(sys.argv[1])
+model = TextEmbedding(sys.argv[1] or None)
 vectors = model.encode(["no torch here", ""], prompt="query")
 list(model.embed("one"))
 heavy = json.loads(sys.argv[2])
@@ -22,9 +22,10 @@ print(json.dumps({"shape": list(vectors.shape), "loaded": [m for m in heavy if m
 
 
 def test_embedding_imports_no_heavy_package(exported: Callable[[str], Path]) -> None:
-    for family in ("bert", "qwen3"):
+    # A transformer encoder, a decoder, and the embedded static default ("").
+    for model in (str(exported("bert")), str(exported("qwen3")), ""):
         result = subprocess.run(
-            [sys.executable, "-c", SCRIPT, str(exported(family)), json.dumps(HEAVY)],
+            [sys.executable, "-c", SCRIPT, model, json.dumps(HEAVY)],
             capture_output=True,
             text=True,
             timeout=120,

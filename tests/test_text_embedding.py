@@ -240,16 +240,16 @@ def test_list_supported_models_is_fastembed_shaped() -> None:
 
 def test_cli_embed_and_info(bert: Path, tmp_path: Path) -> None:
     runner = CliRunner()
-    result = runner.invoke(main, ["embed", str(bert), "hello world", "second text"])
+    result = runner.invoke(main, ["embed", "-m", str(bert), "hello world", "second text"])
     assert result.exit_code == 0, result.output
     assert "2 texts -> 32 dims" in result.output
     out = tmp_path / "v.npy"
-    result = runner.invoke(main, ["embed", str(bert), "a", "b", "-o", str(out)])
+    result = runner.invoke(main, ["embed", "-m", str(bert), "a", "b", "-o", str(out)])
     assert result.exit_code == 0, result.output
     np.testing.assert_allclose(np.load(out), TextEmbedding(bert).encode(["a", "b"]), atol=1e-6)
     result = runner.invoke(main, ["info", str(bert)])
     assert json.loads(result.output)["pooling"] == "mean"
-    result = runner.invoke(main, ["embed", str(tmp_path), "x"])
+    result = runner.invoke(main, ["embed", "--model", str(tmp_path), "x"])
     assert result.exit_code != 0
     assert "not a slimembed model directory" in result.output
 

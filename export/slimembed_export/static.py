@@ -22,6 +22,7 @@ from pathlib import Path
 import numpy as np
 
 from slimembed import tables
+from slimembed.distill import unknown_token_id
 from slimembed.manifest import Manifest
 from slimembed_export.errors import ExportError
 from slimembed_export.source import read_json
@@ -71,7 +72,7 @@ def read_source(model_dir: Path, kind: str) -> StaticSource:
             embeddings=table.astype(np.float32),
             tokenizer_file=model_dir / "tokenizer.json",
             normalize=bool(config.get("normalize", False)),
-            skip_id=_unk_id(model_dir / "tokenizer.json"),
+            skip_id=unknown_token_id(model_dir / "tokenizer.json"),
             mapping=None if mapping is None else mapping.astype(np.int64),
             weights=None if weights is None else weights.astype(np.float32),
             int8_source=table.dtype == np.int8,
@@ -90,21 +91,6 @@ def read_source(model_dir: Path, kind: str) -> StaticSource:
         tokenizer_file=folder / "tokenizer.json",
         normalize="Normalize" in others,
     )
-
-
-def _unk_id(tokenizer_file: Path) -> int | None:
-    """The id model2vec drops: the model's unk token (WordPiece, BPE, WordLevel) or unk_id."""
-    model = read_json(tokenizer_file)["model"]
-    if "unk_id" in model:
-        return model["unk_id"]
-    token = model.get("unk_token")
-    if token is None:
-        return None
-    vocab = model.get("vocab")
-    if isinstance(vocab, dict) and token in vocab:
-        return int(vocab[token])
-    added = read_json(tokenizer_file).get("added_tokens") or []
-    return next((int(t["id"]) for t in added if t.get("content") == token), None)
 
 
 def table_tensors(source: StaticSource, precision: str) -> dict[str, np.ndarray]:

@@ -20,8 +20,13 @@ def main() -> None:
 
 
 @main.command()
-@click.argument("model")
 @click.argument("texts", nargs=-1)
+@click.option(
+    "--model",
+    "-m",
+    default=None,
+    help="Model directory or hub id (default: the embedded static model).",
+)
 @click.option(
     "--file",
     "-f",
@@ -57,7 +62,7 @@ def embed(
     cuda: bool,
     output: Path | None,
 ) -> None:
-    """Embed TEXTS (or the lines of --file, or stdin) with MODEL."""
+    """Embed TEXTS (or the lines of --file, or stdin) and print or save the vectors."""
     from slimembed.text_embedding import TextEmbedding
 
     items = list(texts)
@@ -79,6 +84,11 @@ def embed(
         for text, vec in zip(items, vectors, strict=True):
             shown = " ".join(f"{x:+.4f}" for x in vec[:6])
             click.echo(f"{text[:40]!r:44} [{shown} ...] |v|={np.linalg.norm(vec):.4f}")
+        if 1 < len(items) <= 10:
+            unit = vectors / np.maximum(np.linalg.norm(vectors, axis=1, keepdims=True), 1e-12)
+            click.echo("cosine similarity:")
+            for i, row in enumerate(unit @ unit.T):
+                click.echo(f"  [{i}] " + " ".join(f"{x:+.3f}" for x in row))
     elif output.suffix == ".npy":
         np.save(output, vectors)
         click.echo(f"wrote {vectors.shape} float32 to {output}")
@@ -124,6 +134,55 @@ def export_command(source: str, out_dir: Path, **options: Any) -> None:
         raise click.ClickException(str(err)) from err
     click.echo(f"exported {source} -> {out_dir} ({manifest.pooling} pooling, dim {manifest.dim})")
     click.echo("parity: " + json.dumps(manifest.parity))
+
+
+@main.command()
+@click.argument("model_dir", type=click.Path(exists=True, file_okay=False, path_type=Path))
+@click.argument("out_dir", type=click.Path(file_okay=False, path_type=Path))
+@click.option("--dims", type=int, default=256, show_default=True, help="PCA dimensions.")
+@click.option(
+    "--precision", type=click.Choice(["fp32", "fp16", "int8"]), default="fp32", show_default=True
+)
+@click.option(
+    "--sif",
+    "sif_coefficient",
+    type=float,
+    default=1e-4,
+    show_default=True,
+    help="SIF coefficient of the Zipf token weights.",
+)
+@click.option("--batch-size", type=int, default=1024, show_default=True)
+@click.option("--threads", type=int, default=None)
+def distill(
+    model_dir: Path,
+    out_dir: Path,
+    dims: int,
+    precision: str,
+    sif_coefficient: float,
+    batch_size: int,
+    threads: int | None,
+) -> None:
+    """Make a static model in OUT_DIR from the exported transformer model in MODEL_DIR."""
+    from slimembed.distill import distill as run
+
+    try:
+        manifest = run(
+            model_dir,
+            out_dir,
+            dims=dims,
+            precision=precision,
+            sif_coefficient=sif_coefficient,
+            batch_size=batch_size,
+            threads=threads,
+            progress=True,
+        )
+    except (SlimembedError, ValueError) as err:
+        raise click.ClickException(str(err)) from err
+    kept = manifest.source["pca_variance_kept"]
+    click.echo(
+        f"distilled {model_dir} -> {out_dir}: {manifest.source['vocabulary']} tokens x "
+        f"{manifest.dim} dims ({precision}), PCA keeps {kept:.1%} of the variance"
+    )
 
 
 @main.command()

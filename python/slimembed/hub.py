@@ -42,8 +42,11 @@ def resolve_model(
             f"(export it with `slimembed export {repo_id} DIR`)"
         )
     manifest = Manifest.load(first)
-    # The graph, its external data (model.onnx.data and the like) and the tokenizer.
-    files = [MANIFEST_FILE, manifest.graph_file, f"{manifest.graph_file}*", manifest.tokenizer_file]
+    # The graph with its external data (model.onnx.data and the like), the table, the tokenizer.
+    named = (manifest.graph_file, manifest.table_file, manifest.tokenizer_file)
+    files = [MANIFEST_FILE, *(f for f in named if f)]
+    if manifest.graph_file:
+        files.append(f"{manifest.graph_file}*")
     return _download(repo_id, cache_dir, revision, local_files_only, files)
 
 

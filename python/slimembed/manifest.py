@@ -63,7 +63,7 @@ class Manifest:
     padding_side: str
     pad_id: int
     kind: str = "transformer"
-    graph_file: str = "model.onnx"
+    graph_file: str | None = "model.onnx"
     graph_inputs: tuple[str, ...] = ("input_ids", "attention_mask")
     graph_output: str = "last_hidden_state"
     precision: str = "fp32"
@@ -120,6 +120,8 @@ class Manifest:
                     prompt,
                     "a text template only (static models insert no ids)",
                 )
+        if self.kind == "transformer":
+            _check(self.graph_file is not None, "graph_file", self.graph_file, "a file name")
         if self.kind == "static":
             _check(self.table_file is not None, "table_file", self.table_file, "a file name")
             _check(self.pooling == "mean", "pooling", self.pooling, "mean for a static model")

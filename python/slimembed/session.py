@@ -57,6 +57,8 @@ def create_session(
     threads: int | None = None,
 ) -> ort.InferenceSession:
     """Load the manifest's graph with the chosen providers and check it keeps the contract."""
+    if manifest.graph_file is None:
+        raise ModelFileError(f"{model_dir}: the manifest names no graph file")
     path = model_dir / manifest.graph_file
     if not path.is_file():
         raise ModelFileError(f"{path} not found: the manifest names it as the model graph")

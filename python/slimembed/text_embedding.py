@@ -30,6 +30,8 @@ DEFAULT_BATCH_SIZE = 256
 DEFAULT_MAX_TOKENS = 8192
 # Texts tokenized and length-sorted together; larger chunks pad less but yield later.
 CHUNK_SIZE = 2048
+# The embedded default: a static model distilled from all-MiniLM-L6-v2 (see README).
+DEFAULT_MODEL_DIR = Path(__file__).parent / "models" / "default"
 
 Vector = npt.NDArray[np.float32]
 T = TypeVar("T")
@@ -39,8 +41,10 @@ class TextEmbedding:
     """Embed texts with a slimembed model directory on ONNX Runtime (CPU or CUDA).
 
     Args:
-        model_name: a model directory made by ``slimembed export``, or a Hugging Face id of a
-            repository holding one (downloaded into ``cache_dir``).
+        model_name: a model directory made by ``slimembed export`` or ``slimembed distill``, or
+            a Hugging Face id of a repository holding one (downloaded into ``cache_dir``).
+            ``None`` loads the embedded default, a static model shipped inside the package
+            that works offline.
         cache_dir: where hub downloads are kept (default: ``SLIMEMBED_CACHE_DIR`` or
             ``~/.cache/slimembed``).
         threads: ONNX Runtime intra-op threads (default: ``SLIMEMBED_THREADS``, else all cores).
@@ -55,7 +59,7 @@ class TextEmbedding:
 
     def __init__(
         self,
-        model_name: str | os.PathLike[str],
+        model_name: str | os.PathLike[str] | None = None,
         cache_dir: str | os.PathLike[str] | None = None,
         threads: int | None = None,
         providers: Sequence[str] | None = None,
@@ -68,9 +72,12 @@ class TextEmbedding:
     ) -> None:
         if max_tokens < 1:
             raise ValueError(f"max_tokens must be >= 1, got {max_tokens}")
-        self.model_name = str(model_name)
+        self.model_name = "default" if model_name is None else str(model_name)
         self.model_dir: Path = hub.resolve_model(
-            model_name, cache_dir=cache_dir, revision=revision, local_files_only=local_files_only
+            DEFAULT_MODEL_DIR if model_name is None else model_name,
+            cache_dir=cache_dir,
+            revision=revision,
+            local_files_only=local_files_only,
         )
         self.manifest = Manifest.load(self.model_dir)
         self.threads = env.default_threads() if threads is None else threads
@@ -257,7 +264,6 @@ class TextEmbedding:
         if self._static is not None:
             wrapped = [head + t + tail for t in texts] if (head or tail) else texts
             return self._static.embed(wrapped, max_length=m.max_length, dim=dim)
-        session = self._session or self._load()
         exclude = prompt is not None and prompt.exclude_instruction and bool(head)
         if exclude:
             encoded = self._tokenizer.encode(
@@ -278,14 +284,8 @@ class TextEmbedding:
             ids, mask, skip, pos = encoded.pad(
                 rows, padding_side=m.padding_side, pad_id=m.pad_id, positions=positions
             )
-            feeds = {"input_ids": ids, "attention_mask": mask}
-            if "token_type_ids" in m.graph_inputs:
-                feeds["token_type_ids"] = np.zeros_like(ids)
-            if pos is not None:
-                feeds["position_ids"] = pos
-            hidden = session.run([m.graph_output], feeds)[0]
             out[rows] = _core.pool(
-                hidden,
+                self.hidden_states(ids, mask, pos),
                 mask,
                 m.pooling,
                 skip=skip if exclude else None,
@@ -293,6 +293,30 @@ class TextEmbedding:
                 dim=dim,
             )
         return out
+
+    def hidden_states(
+        self,
+        ids: npt.NDArray[np.int64],
+        mask: npt.NDArray[np.int64],
+        positions: npt.NDArray[np.int64] | None = None,
+    ) -> npt.NDArray[np.float32]:
+        """Run the graph on one padded batch: float32 (batch, seq, dim) hidden states.
+
+        ``positions`` is required where the graph takes position ids (``Encoded.pad`` makes them).
+        """
+        if self._static is not None:
+            raise TypeError("a static model has no hidden states")
+        session = self._session or self._load()
+        inputs = self.manifest.graph_inputs
+        feeds = {"input_ids": ids, "attention_mask": mask}
+        if "token_type_ids" in inputs:
+            feeds["token_type_ids"] = np.zeros_like(ids)
+        if "position_ids" in inputs:
+            if positions is None:
+                raise ValueError("this graph takes position_ids: pass positions")
+            feeds["position_ids"] = positions
+        hidden: npt.NDArray[np.float32] = session.run([self.manifest.graph_output], feeds)[0]
+        return hidden
 
     def _encode_options(self, prompt: Prompt | None) -> dict[str, Any]:
         return {

@@ -1,0 +1,66 @@
+"""Embedding quality on shared/data: STS-B Spearman and SciFact retrieval nDCG@10.
+
+Any engine plugs in as a function from a list of texts to a (n, dim) array.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+
+import numpy as np
+
+from benchmarks.datasets import scifact, sts
+
+Encode = Callable[[list[str]], np.ndarray]
+
+
+def _ranks(x: np.ndarray) -> np.ndarray:
+    """Ranks from 1, ties given their average rank."""
+    order = np.argsort(x, kind="stable")
+    ranks = np.empty(len(x), dtype=np.float64)
+    ranks[order] = np.arange(1, len(x) + 1)
+    _, inverse = np.unique(x, return_inverse=True)
+    sums = np.bincount(inverse, weights=ranks)
+    counts = np.bincount(inverse)
+    return (sums / counts)[inverse]
+
+
+def spearman(a: np.ndarray, b: np.ndarray) -> float:
+    ra, rb = _ranks(np.asarray(a, dtype=np.float64)), _ranks(np.asarray(b, dtype=np.float64))
+    return float(np.corrcoef(ra, rb)[0, 1])
+
+
+def _unit(x: np.ndarray) -> np.ndarray:
+    x = x.astype(np.float32)
+    return x / np.maximum(np.linalg.norm(x, axis=1, keepdims=True), 1e-12)
+
+
+def sts_spearman(encode: Encode, name: str = "en-test") -> float:
+    """Spearman correlation of pair cosines with the human scores."""
+    pairs = sts(name)
+    a, b = _unit(encode(pairs.sentences1)), _unit(encode(pairs.sentences2))
+    return spearman((a * b).sum(1), np.array(pairs.scores))
+
+
+def ndcg_at_10(
+    scores: np.ndarray, doc_ids: list[str], query_ids: list[str], qrels: dict[str, dict[str, int]]
+) -> float:
+    """Mean nDCG@10 over queries; ``scores`` is (queries, docs)."""
+    top = np.argsort(-scores, axis=1)[:, :10]
+    total = 0.0
+    for qi, qid in enumerate(query_ids):
+        rels = qrels.get(qid, {})
+        gains = [rels.get(doc_ids[d], 0) for d in top[qi]]
+        dcg = sum(g / np.log2(i + 2) for i, g in enumerate(gains))
+        ideal = sorted(rels.values(), reverse=True)[:10]
+        idcg = sum(g / np.log2(i + 2) for i, g in enumerate(ideal))
+        total += dcg / idcg if idcg > 0 else 0.0
+    return total / len(query_ids)
+
+
+def scifact_ndcg(encode_queries: Encode, encode_docs: Encode | None = None) -> float:
+    """nDCG@10 on SciFact test with exact search over the whole corpus."""
+    data = scifact("test")
+    docs = _unit((encode_docs or encode_queries)(data.docs))
+    queries = _unit(encode_queries(data.queries))
+    return ndcg_at_10(queries @ docs.T, data.doc_ids, data.query_ids, data.qrels)
