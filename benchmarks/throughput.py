@@ -9,19 +9,14 @@ engines (A B A B ...) so drift of the machine hits both; the ratio is computed p
 from __future__ import annotations
 
 import json
-import os
-import platform
-import statistics
-import subprocess
-import time
 from collections.abc import Callable
 from pathlib import Path
-from typing import Any
 
 import click
 import numpy as np
 
 from benchmarks.datasets import scifact, sts
+from benchmarks.timing import interleaved, machine, ratio, summary
 
 
 def english_sentences(n: int) -> list[str]:
@@ -38,35 +33,6 @@ CORPORA: dict[str, Callable[[int], list[str]]] = {
     "sts": english_sentences,
     "scifact": lambda n: scifact().docs[:n],
 }
-
-
-def machine() -> dict[str, Any]:
-    cpu = platform.processor() or platform.machine()
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                cpu = line.split(":", 1)[1].strip()
-                break
-    except OSError:
-        pass
-    try:
-        revision = subprocess.run(
-            ["git", "rev-parse", "--short", "HEAD"], capture_output=True, text=True, check=True
-        ).stdout.strip()
-    except (OSError, subprocess.CalledProcessError):
-        revision = "unknown"
-    return {
-        "cpu": cpu,
-        "cores": os.cpu_count(),
-        "python": platform.python_version(),
-        "git": revision,
-    }
-
-
-def timed(fn: Callable[[], np.ndarray]) -> tuple[float, np.ndarray]:
-    start = time.perf_counter()
-    out = fn()
-    return time.perf_counter() - start, out
 
 
 @click.command()
@@ -121,18 +87,9 @@ def main(
         "slimembed": lambda: ours.encode(texts, batch_size=batch_size),
         "sentence-transformers": lambda: theirs.encode(texts, batch_size=batch_size),
     }
-    for fn in engines.values():  # warm-up
-        fn()
-    times: dict[str, list[float]] = {name: [] for name in engines}
-    vectors: dict[str, np.ndarray] = {}
-    for _ in range(reps):
-        for name, fn in engines.items():
-            seconds, vectors[name] = timed(fn)
-            times[name].append(seconds)
-    ratios = [
-        b / a for a, b in zip(times["slimembed"], times["sentence-transformers"], strict=True)
-    ]
-    a, b = vectors["slimembed"], vectors["sentence-transformers"]
+    times = interleaved(engines, reps)
+    speedup = ratio(times["slimembed"], times["sentence-transformers"])
+    a, b = engines["slimembed"](), engines["sentence-transformers"]()
     cos = (a * b).sum(1) / np.linalg.norm(a, axis=1) / np.linalg.norm(b, axis=1)
     report = {
         "machine": machine(),
@@ -147,16 +104,8 @@ def main(
         "threads": threads,
         "batch_size": batch_size,
         "reps": reps,
-        "texts_per_s": {
-            name: {
-                "median": len(texts) / statistics.median(t),
-                "min": len(texts) / max(t),
-                "max": len(texts) / min(t),
-            }
-            for name, t in times.items()
-        },
-        "speedup_median": statistics.median(ratios),
-        "speedup_range": [min(ratios), max(ratios)],
+        "texts_per_s": {name: summary(t, len(texts)) for name, t in times.items()},
+        "speedup": speedup,
         "cosine_min": float(cos.min()),
     }
     click.echo(
@@ -167,8 +116,8 @@ def main(
             f"  {name:24} {t['median']:8.1f} texts/s  (min {t['min']:.1f}, max {t['max']:.1f})"
         )
     click.echo(
-        f"  speed-up slimembed / sentence-transformers: {report['speedup_median']:.2f}x "
-        f"(pairs {report['speedup_range'][0]:.2f}-{report['speedup_range'][1]:.2f}); "
+        f"  speed-up slimembed / sentence-transformers: {speedup['median']:.2f}x "
+        f"(pairs {speedup['min']:.2f}-{speedup['max']:.2f}); "
         f"min cosine {report['cosine_min']:.7f}"
     )
     if json_out:
