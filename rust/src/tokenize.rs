@@ -204,11 +204,11 @@ impl TextTokenizer {
             reason: e.to_string(),
         };
         let (mut enc, instruction_len) = match instruction {
-            None => (self.inner.encode(text, false).map_err(fail)?, 0),
+            None => (self.inner.encode_fast(text, false).map_err(fail)?, 0),
             Some(ins) => {
-                let n = self.inner.encode(ins, false).map_err(fail)?.len();
+                let n = self.inner.encode_fast(ins, false).map_err(fail)?.len();
                 let full = format!("{ins}{text}");
-                (self.inner.encode(full.as_str(), false).map_err(fail)?, n)
+                (self.inner.encode_fast(full.as_str(), false).map_err(fail)?, n)
             }
         };
         if let Some(budget) = budget {
