@@ -15,19 +15,17 @@ Source rules, kept exactly:
 
 from __future__ import annotations
 
-import shutil
 from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 
 from slimembed import tables
-from slimembed.distill import unknown_token_id
 from slimembed.manifest import Manifest
+from slimembed.static_model import unknown_token_id, write_static_model
 from slimembed_export.errors import ExportError
 from slimembed_export.source import read_json
 
-TABLE_FILE = "embeddings.safetensors"
 ST_STATIC = "StaticEmbedding"
 
 
@@ -175,29 +173,23 @@ def export_static(
     """Write a static model directory into ``staging``; returns its manifest (no parity yet)."""
     source = read_source(model_dir, kind)
     tensors = table_tensors(source, precision)
-    tables.save(tensors, staging / TABLE_FILE)
-    shutil.copy(source.tokenizer_file, staging / "tokenizer.json")
     write_graph(tensors, staging / "model.onnx")
-    manifest = Manifest(
-        kind="static",
-        dim=int(source.embeddings.shape[1]),
-        pooling="mean",
-        normalize=source.normalize,
-        max_length=max_length,
-        padding_side="right",
-        pad_id=0,
-        add_special_tokens=False,
+    rows = len(source.embeddings)
+    manifest = write_static_model(
+        staging,
+        tensors,
+        source.tokenizer_file,
         precision=precision,
-        table_file=TABLE_FILE,
+        normalize=source.normalize,
         skip_id=source.skip_id,
+        max_length=max_length,
+        graph_file="model.onnx",
         source={
             "id": source_id,
             "revision": revision,
             "architecture": f"static ({kind})",
-            "rows": int(source.embeddings.shape[0]),
-            "vocabulary": int(
-                len(source.mapping) if source.mapping is not None else len(source.embeddings)
-            ),
+            "rows": rows,
+            "vocabulary": len(source.mapping) if source.mapping is not None else rows,
         },
     )
     return manifest, source, tensors

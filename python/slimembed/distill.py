@@ -13,7 +13,6 @@ from __future__ import annotations
 import json
 import os
 import re
-import shutil
 from pathlib import Path
 from typing import Any
 
@@ -22,28 +21,12 @@ import numpy.typing as npt
 
 from slimembed import _core, tables
 from slimembed.manifest import Manifest
+from slimembed.static_model import unknown_token_id, write_static_model
 from slimembed.text_embedding import TextEmbedding
 
-TABLE_FILE = "embeddings.safetensors"
 DEFAULT_SIF = 1e-4
 # Placeholder tokens that never occur in text (BERT's [unused0]...), left out as model2vec does.
 UNUSED_TOKEN = re.compile(r"\[unused\d+\]")
-
-
-def unknown_token_id(tokenizer_file: Path) -> int | None:
-    """The id model2vec drops: the model's unk token (WordPiece, BPE, WordLevel) or unk_id."""
-    data = json.loads(tokenizer_file.read_text(encoding="utf-8"))
-    model = data["model"]
-    if model.get("unk_id") is not None:
-        return int(model["unk_id"])
-    token = model.get("unk_token")
-    if token is None:
-        return None
-    vocab = model.get("vocab")
-    if isinstance(vocab, dict) and token in vocab:
-        return int(vocab[token])
-    added = data.get("added_tokens") or []
-    return next((int(t["id"]) for t in added if t.get("content") == token), None)
 
 
 def distilled_ids(tokenizer_file: Path) -> npt.NDArray[np.int64]:
@@ -148,22 +131,12 @@ def distill(
     table = np.zeros((model._tokenizer.vocab_size, dims), dtype=np.float32)
     table[token_ids] = reduced * sif_weights(len(reduced), sif_coefficient)[:, None]
 
-    out = Path(out_dir)
-    out.mkdir(parents=True, exist_ok=True)
-    tables.save(tables.quantize(table, precision), out / TABLE_FILE)
-    shutil.copy(tokenizer_file, out / "tokenizer.json")
-    manifest = Manifest(
-        kind="static",
-        dim=dims,
-        pooling="mean",
-        normalize=True,
-        max_length=None,
-        padding_side="right",
-        pad_id=0,
-        add_special_tokens=False,
-        graph_file=None,
+    manifest = write_static_model(
+        Path(out_dir),
+        tables.quantize(table, precision),
+        tokenizer_file,
         precision=precision,
-        table_file=TABLE_FILE,
+        normalize=True,
         skip_id=unknown_token_id(tokenizer_file),
         source={
             "id": f"distilled from {source.source.get('id', model_dir)}",
@@ -176,5 +149,5 @@ def distill(
             "distilled_tokens": len(token_ids),
         },
     )
-    manifest.save(out)
+    manifest.save(Path(out_dir))
     return manifest
