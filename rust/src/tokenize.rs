@@ -208,7 +208,10 @@ impl TextTokenizer {
             Some(ins) => {
                 let n = self.inner.encode_fast(ins, false).map_err(fail)?.len();
                 let full = format!("{ins}{text}");
-                (self.inner.encode_fast(full.as_str(), false).map_err(fail)?, n)
+                (
+                    self.inner.encode_fast(full.as_str(), false).map_err(fail)?,
+                    n,
+                )
             }
         };
         if let Some(budget) = budget {
