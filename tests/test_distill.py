@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import numpy as np
@@ -81,3 +82,15 @@ def test_embedded_default_works_offline_with_its_stated_quality() -> None:
     model = TextEmbedding()
     assert model.embedding_size == 256
     assert sts_spearman(model.encode) == pytest.approx(0.6608, abs=0.002)
+
+
+def test_default_model_is_thread_safe() -> None:
+    model = TextEmbedding()
+    texts = [f"sentence number {i} about static embeddings" for i in range(500)]
+    want = model.encode(texts)
+    with ThreadPoolExecutor(8) as pool:
+        results = [
+            f.result(timeout=60) for f in [pool.submit(model.encode, texts) for _ in range(16)]
+        ]
+    for got in results:
+        np.testing.assert_array_equal(got, want)
