@@ -11,7 +11,7 @@ import numpy as np
 import pytest
 
 from benchmarks.quality import sts_spearman
-from slimembed import Manifest, TextEmbedding, tables
+from slimembed import Manifest, ProviderError, TextEmbedding, tables
 from slimembed.distill import distill, distilled_ids, pca, sif_weights, token_vectors
 from slimembed.text_embedding import DEFAULT_MODEL_DIR
 from tests.reference import cosine
@@ -94,3 +94,14 @@ def test_default_model_is_thread_safe() -> None:
         ]
     for got in results:
         np.testing.assert_array_equal(got, want)
+
+
+def test_static_threads_and_providers() -> None:
+    texts = [f"text {i} for threads" for i in range(300)]
+    want = TextEmbedding().encode(texts)
+    for threads in (1, 2, 3):
+        np.testing.assert_allclose(TextEmbedding(threads=threads).encode(texts), want, atol=1e-6)
+    with pytest.raises(ProviderError, match="static model"):
+        TextEmbedding(cuda=True)
+    with pytest.raises(ValueError, match="threads"):
+        TextEmbedding(threads=0)

@@ -58,6 +58,7 @@ class StaticModel:
         add_special_tokens: bool = False,
         skip_id: int | None = None,
         normalize: bool = False,
+        threads: int | None = None,
     ) -> Self: ...
     @property
     def dim(self) -> int: ...

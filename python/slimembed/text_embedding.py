@@ -22,7 +22,7 @@ import numpy.typing as npt
 
 from slimembed import _core, env, hub, registry
 from slimembed.batching import plan_batches
-from slimembed.errors import ModelFileError
+from slimembed.errors import ModelFileError, ProviderError
 from slimembed.manifest import Manifest, Prompt
 from slimembed.session import create_session
 
@@ -47,7 +47,8 @@ class TextEmbedding:
             that works offline.
         cache_dir: where hub downloads are kept (default: ``SLIMEMBED_CACHE_DIR`` or
             ``~/.cache/slimembed``).
-        threads: ONNX Runtime intra-op threads (default: ``SLIMEMBED_THREADS``, else all cores).
+        threads: worker threads: ONNX Runtime intra-op threads, or the Rust pool of a static
+            model (default: ``SLIMEMBED_THREADS``, else all cores).
         providers: ONNX Runtime execution providers, e.g. ``["CUDAExecutionProvider"]``.
         cuda: use the CUDA provider; raises ProviderError where it is not available.
         device_id: the CUDA device.
@@ -72,6 +73,8 @@ class TextEmbedding:
     ) -> None:
         if max_tokens < 1:
             raise ValueError(f"max_tokens must be >= 1, got {max_tokens}")
+        if threads is not None and threads < 1:
+            raise ValueError(f"threads must be >= 1, got {threads}")
         self.model_name = "default" if model_name is None else str(model_name)
         self.model_dir: Path = hub.resolve_model(
             DEFAULT_MODEL_DIR if model_name is None else model_name,
@@ -93,6 +96,11 @@ class TextEmbedding:
         self._tokenizer = _native(_core.Tokenizer, tokenizer_path)
         self._static: _core.StaticModel | None = None
         if m.kind == "static":
+            if cuda or providers:
+                raise ProviderError(
+                    f"{self.model_name} is a static model: it runs on CPU in slimembed's Rust "
+                    "core, without ONNX Runtime providers; drop cuda=/providers="
+                )
             assert m.table_file is not None  # the manifest checks it
             table_path = self.model_dir / m.table_file
             self._static = _native(
@@ -102,6 +110,7 @@ class TextEmbedding:
                     add_special_tokens=m.add_special_tokens,
                     skip_id=m.skip_id,
                     normalize=m.normalize,
+                    threads=self.threads,
                 ),
                 table_path,
             )

@@ -172,25 +172,41 @@ struct PyStaticModel {
     add_special_tokens: bool,
     skip_id: Option<u32>,
     normalize: bool,
+    /// `threads=n`: a pool of its own with n workers (1: no pool at all); None: rayon's global pool.
+    threads: Option<usize>,
+    pool: Option<rayon::ThreadPool>,
 }
 
 #[pymethods]
 impl PyStaticModel {
     #[new]
-    #[pyo3(signature = (tokenizer, table_path, *, add_special_tokens=false, skip_id=None, normalize=false))]
+    #[pyo3(signature = (tokenizer, table_path, *, add_special_tokens=false, skip_id=None, normalize=false, threads=None))]
     fn new(
         tokenizer: Py<PyTokenizer>,
         table_path: PathBuf,
         add_special_tokens: bool,
         skip_id: Option<u32>,
         normalize: bool,
+        threads: Option<usize>,
     ) -> PyResult<Self> {
+        let pool = match threads {
+            Some(0) => return Err(PyValueError::new_err("threads must be >= 1")),
+            Some(n) if n > 1 => Some(
+                rayon::ThreadPoolBuilder::new()
+                    .num_threads(n)
+                    .build()
+                    .map_err(|e| PyRuntimeError::new_err(e.to_string()))?,
+            ),
+            _ => None,
+        };
         Ok(Self {
             tokenizer,
             table: StaticTable::from_file(&table_path)?,
             add_special_tokens,
             skip_id,
             normalize,
+            threads,
+            pool,
         })
     }
 
@@ -218,10 +234,14 @@ impl PyStaticModel {
             max_length,
             normalize: self.normalize,
             dim,
-            parallel: use_pool(),
+            parallel: self.threads != Some(1) && use_pool(),
         };
         let tokenizer = &self.tokenizer.get().inner;
-        let out = py.detach(|| static_embed::embed(tokenizer, &self.table, &texts, &opts))?;
+        let run = || static_embed::embed(tokenizer, &self.table, &texts, &opts);
+        let out = py.detach(|| match &self.pool {
+            Some(pool) if opts.parallel => pool.install(run),
+            _ => run(),
+        })?;
         Ok(out.into_pyarray(py))
     }
 }
