@@ -102,7 +102,12 @@ def test_model2vec_quantized_vocabulary_matches_model2vec(
 def test_model2vec_bpe_table_matches_model2vec(
     wordllama_model2vec: Path, texts: list[str], tmp_path: Path, precision: str, floor: float
 ) -> None:
-    export_model(str(wordllama_model2vec), tmp_path / "m", ExportOptions(precision=precision))
+    manifest = export_model(
+        str(wordllama_model2vec), tmp_path / "m", ExportOptions(precision=precision)
+    )
+    # model2vec also writes a modules.json; its own rules (drop <unk>, id 0) must still apply.
+    assert manifest.source["architecture"] == "static (model2vec)"
+    assert manifest.skip_id == 0
     ours = TextEmbedding(tmp_path / "m").encode(texts)
     want = _model2vec_vectors(wordllama_model2vec, texts)
     assert cosine(ours, want).min() >= floor

@@ -44,17 +44,21 @@ class StaticSource:
 
 
 def detect(model_dir: Path) -> str | None:
-    """ "model2vec", "sentence-transformers" (StaticEmbedding) or None for other models."""
-    modules = model_dir / "modules.json"
-    if modules.is_file():
-        kinds = [str(m.get("type", "")).rsplit(".", 1)[-1] for m in read_json(modules)]
-        return "sentence-transformers" if ST_STATIC in kinds else None
+    """ "model2vec", "sentence-transformers" (StaticEmbedding) or None for other models.
+
+    model2vec folders also carry a modules.json for sentence-transformers; model2vec's own rules
+    (drop the unknown token) win for them, as the folder's maker intended.
+    """
     config = model_dir / "config.json"
     if (model_dir / "model.safetensors").is_file() and config.is_file():
         data = read_json(config)
         plain = data.get("model_type") == "model2vec" or not data.get("architectures")
         if plain and "embeddings" in tables.tensor_names(model_dir / "model.safetensors"):
             return "model2vec"
+    modules = model_dir / "modules.json"
+    if modules.is_file():
+        kinds = [str(m.get("type", "")).rsplit(".", 1)[-1] for m in read_json(modules)]
+        return "sentence-transformers" if ST_STATIC in kinds else None
     return None
 
 
