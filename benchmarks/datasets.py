@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import os
 from collections.abc import Iterator
 from dataclasses import dataclass
 from functools import cache
@@ -12,10 +13,15 @@ STS_FILES = ("en-test", "en-dev", "de-test", "zh-test", "ja-test", "ru-test")
 
 
 def data_dir() -> Path:
-    """``shared/data`` beside the repository checkout."""
-    path = Path(__file__).resolve().parents[2] / "shared" / "data"
+    """``shared/data`` beside the repository checkout, or ``SLIMEMBED_SHARED_DATA`` when set
+    (for a checkout that lives elsewhere, such as a clone in a temporary directory)."""
+    explicit = os.environ.get("SLIMEMBED_SHARED_DATA")
+    path = Path(explicit) if explicit else Path(__file__).resolve().parents[2] / "shared" / "data"
     if not path.is_dir():
-        raise FileNotFoundError(f"{path} not found: the evaluation data lives in shared/data")
+        raise FileNotFoundError(
+            f"{path} not found: the evaluation data lives in shared/data beside the checkout; "
+            "set SLIMEMBED_SHARED_DATA to its path"
+        )
     return path
 
 
