@@ -6,13 +6,15 @@ from __future__ import annotations
 import json
 import os
 import shutil
+import tempfile
 from collections.abc import Callable
 from pathlib import Path
 
 import pytest
 
-# Tests run offline: nothing may reach the Hugging Face Hub.
+# Tests run offline: nothing may reach the Hugging Face Hub; slimembed's cache is the session's.
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
+os.environ["SLIMEMBED_CACHE_DIR"] = tempfile.mkdtemp(prefix="slimembed-test-cache-")
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 
 from tests import tiny
@@ -36,7 +38,8 @@ def tiny_source(tmp_path_factory: pytest.TempPathFactory) -> Callable[[str], Pat
 def exported(
     tmp_path_factory: pytest.TempPathFactory, tiny_source: Callable[[str], Path]
 ) -> Callable[[str], Path]:
-    """family -> slimembed model directory exported from the tiny model (max length 128)."""
+    """family -> slimembed model directory exported from the tiny model (max length 128);
+    an embedder family of ``tiny.FAMILY_ARCH`` exports with that family's recipe."""
     from slimembed_export import ExportOptions, export_model
 
     root = tmp_path_factory.mktemp("exported")
@@ -44,7 +47,9 @@ def exported(
 
     def get(family: str) -> Path:
         if family not in done:
-            export_model(str(tiny_source(family)), root / family, ExportOptions(max_length=128))
+            recipe = family if family in tiny.FAMILY_ARCH else None
+            options = ExportOptions(max_length=128, family=recipe)
+            export_model(str(tiny_source(family)), root / family, options)
             done[family] = root / family
         return done[family]
 

@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import numpy as np
 
+from benchmarks.datasets import scifact, sts
+
 
 def pool(
     hidden: np.ndarray,
@@ -61,3 +63,12 @@ def cosine(a: np.ndarray, b: np.ndarray) -> np.ndarray:
     cos = (a * b).sum(1) / np.maximum(na * nb, 1e-300)
     cos[(na == 0) & (nb == 0)] = 1.0
     return cos
+
+
+def mixed_texts() -> list[str]:
+    """Short English, German, Chinese and Russian sentences, SciFact abstracts longer than
+    the max length, and an empty string."""
+    texts = []
+    for name in ("en-test", "de-test", "zh-test", "ru-test"):
+        texts += sts(name).sentences1[:5]
+    return [*texts, *scifact().docs[:4], ""]

@@ -12,22 +12,13 @@ import pytest
 import torch
 import transformers
 
-from benchmarks.datasets import all_texts, scifact, sts
+from benchmarks.datasets import all_texts
 from slimembed import Manifest, TextEmbedding
 from slimembed_export import ExportError, ExportOptions, export_model
 from tests import reference, tiny
 
 Exported = Callable[[str], Path]
 MIN_COSINE = 0.99999
-
-
-def _mixed_texts() -> list[str]:
-    """Short English, German, Chinese and Russian sentences, SciFact abstracts longer than
-    the max length, and an empty string."""
-    texts = []
-    for name in ("en-test", "de-test", "zh-test", "ru-test"):
-        texts += sts(name).sentences1[:5]
-    return [*texts, *scifact().docs[:4], ""]
 
 
 def _torch_reference(source: Path, texts: list[str], manifest: Manifest) -> np.ndarray:
@@ -57,7 +48,7 @@ def test_decoder_pooling_and_padding_match_pytorch(
     assert manifest.padding_side == "left"
     assert manifest.parity["batch_min_cosine"] >= MIN_COSINE
     assert manifest.parity["tokenizer_ids_equal"] is True
-    texts = _mixed_texts()
+    texts = reference.mixed_texts()
     for pooling in ("last_token", "mean", "weighted_mean"):
         want = _torch_reference(source, texts, manifest.with_changes(pooling=pooling))
         # Distinct texts must give distinct vectors, or cosine parity would prove nothing.
@@ -80,7 +71,7 @@ def test_bert_cls_pooling_and_token_type_free_graph(
     model_dir = exported("bert")
     manifest = Manifest.load(model_dir)
     assert manifest.graph_inputs == ("input_ids", "attention_mask")
-    texts = _mixed_texts()
+    texts = reference.mixed_texts()
     cls = manifest.with_changes(pooling="cls")
     shutil.copytree(model_dir, tmp_path / "cls")
     cls.save(tmp_path / "cls")
@@ -176,6 +167,6 @@ def test_external_data_graph_exports_loads_and_matches(
     assert weights, "no external data file was written"
     assert (out / "model.onnx").stat().st_size < sum(p.stat().st_size for p in weights)
     assert manifest.parity["batch_min_cosine"] >= MIN_COSINE
-    texts = _mixed_texts()
+    texts = reference.mixed_texts()
     want = TextEmbedding(exported("qwen3")).encode(texts)
     np.testing.assert_allclose(TextEmbedding(out).encode(texts), want, atol=1e-5)

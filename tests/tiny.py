@@ -19,6 +19,14 @@ from tokenizers import Tokenizer, decoders, models, pre_tokenizers, processors, 
 from benchmarks.datasets import sts
 
 DECODERS = ("gpt2", "llama", "mistral", "qwen2", "qwen3")
+# Embedder families (slimembed.registry.FAMILIES) -> the architecture their real models use.
+FAMILY_ARCH = {
+    "sgpt": "gpt_neo",
+    "gritlm": "mistral",
+    "qwen3-embedding": "qwen3",
+    "gte-qwen2": "qwen2",
+    "e5-mistral": "mistral",
+}
 VOCAB = 1000
 # Large enough init that different texts get clearly different vectors, so a parity check
 # at cosine 0.99999 cannot pass by every vector looking alike.
@@ -65,6 +73,52 @@ def _bpe(specials: list[str]) -> Tokenizer:
     return tok
 
 
+def _sentencepiece_bpe() -> Tokenizer:
+    """Llama/Mistral's layout: Metaspace ("▁", prepended to the first word only), BPE over
+    pieces with <unk>, <s> and </s> as ids 0-2, and a post-processor that prepends <s>."""
+    tok = Tokenizer(models.BPE(unk_token="<unk>"))
+    tok.pre_tokenizer = pre_tokenizers.Metaspace(replacement="▁", prepend_scheme="first")
+    tok.decoder = decoders.Metaspace(replacement="▁", prepend_scheme="first")
+    trainer = trainers.BpeTrainer(
+        vocab_size=VOCAB,
+        special_tokens=["<unk>", "<s>", "</s>"],
+        limit_alphabet=400,
+        show_progress=False,
+    )
+    texts = []
+    for name in ("en-dev", "de-test", "ru-test"):
+        pairs = sts(name)
+        texts += pairs.sentences1 + pairs.sentences2
+    tok.train_from_iterator(texts, trainer)
+    tok.post_processor = processors.TemplateProcessing(
+        single="<s> $A", special_tokens=[("<s>", tok.token_to_id("<s>"))]
+    )
+    return tok
+
+
+def _family_tokenizer(family: str) -> transformers.PreTrainedTokenizerFast:
+    """Each embedder family's tokenizer as its real models ship it."""
+    if family == "sgpt":  # GPT-Neo: GPT-2's byte-level BPE, nothing added
+        return _decoder_tokenizer("gpt2")
+    if family in ("gritlm", "e5-mistral"):  # Mistral: <s> prepended, no pad token
+        return transformers.PreTrainedTokenizerFast(
+            tokenizer_object=_sentencepiece_bpe(),
+            bos_token="<s>",
+            eos_token="</s>",
+            unk_token="<unk>",
+        )
+    # Qwen3-Embedding and gte-Qwen2: the post-processor appends <|endoftext|>, the pad token.
+    tok = _bpe(["<|endoftext|>", "<|im_start|>", "<|im_end|>"])
+    end = tok.token_to_id("<|endoftext|>")
+    tok.post_processor = processors.TemplateProcessing(
+        single="$A <|endoftext|>", special_tokens=[("<|endoftext|>", end)]
+    )
+    eos = "<|im_end|>" if family == "qwen3-embedding" else "<|endoftext|>"
+    return transformers.PreTrainedTokenizerFast(
+        tokenizer_object=tok, eos_token=eos, pad_token="<|endoftext|>"
+    )
+
+
 def _decoder_tokenizer(family: str) -> transformers.PreTrainedTokenizerFast:
     if family in ("llama", "mistral"):
         tok = _bpe(["<unk>", "<s>", "</s>"])
@@ -97,6 +151,17 @@ def _decoder_config(
     }
     if family == "gpt2":
         return transformers.GPT2Config(n_positions=512, n_embd=64, n_layer=2, n_head=4, **common)
+    if family == "gpt_neo":
+        return transformers.GPTNeoConfig(
+            max_position_embeddings=512,
+            hidden_size=64,
+            num_layers=2,
+            num_heads=4,
+            intermediate_size=128,
+            attention_types=[[["global", "local"], 1]],
+            window_size=256,
+            **common,
+        )
     shape = {
         "hidden_size": 64,
         "intermediate_size": 128,
@@ -118,9 +183,19 @@ def _decoder_config(
 
 
 def build(family: str, out: Path) -> Path:
-    """Write a tiny random ``family`` model with its tokenizer to ``out``; returns ``out``."""
+    """Write a tiny random model to ``out`` (returned): an architecture of ``DECODERS``,
+    ``"bert"``, or an embedder family of ``FAMILY_ARCH`` with that family's tokenizer."""
     torch.manual_seed(0)
     out.mkdir(parents=True, exist_ok=True)
+    if family in FAMILY_ARCH:
+        tokenizer = _family_tokenizer(family)
+        tokenizer.save_pretrained(out)
+        config = _decoder_config(FAMILY_ARCH[family], tokenizer)
+        if family == "gte-qwen2":
+            config.is_causal = False  # as gte-Qwen2's config.json says
+        model = transformers.AutoModelForCausalLM.from_config(config)
+        model.save_pretrained(out)
+        return out
     if family == "bert":
         source = minilm_source()
         for name in (

@@ -5,6 +5,10 @@ float32 ``last_hidden_state`` (batch, seq, dim). Decoders get their position ids
 the graph from the mask (``cumsum(mask) - 1``), so a left-padded row sees the same positions as
 the text alone; without that, models with absolute positions (GPT-2) are wrong under left
 padding. The attention mask is a traced input, never a constant.
+
+Bidirectional decoders (GritLM, gte-Qwen2) get a 4D additive mask built in the graph from the
+padding mask alone, ``(batch, 1, 1, seq)``: every token sees every real token, none sees padding,
+and no row is ever fully masked (so left padding cannot produce NaN).
 """
 
 from __future__ import annotations
@@ -25,17 +29,22 @@ OPSET = 20
 class HiddenStates(torch.nn.Module):
     """(input_ids, attention_mask) -> last_hidden_state, the graph's whole interface."""
 
-    def __init__(self, model: torch.nn.Module, decoder: bool) -> None:
+    def __init__(self, model: torch.nn.Module, decoder: bool, bidirectional: bool = False) -> None:
         super().__init__()
         self.model = model
         self.decoder = decoder
+        self.bidirectional = bidirectional
 
     def forward(self, input_ids: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tensor:
         kwargs: dict[str, Any] = {}
+        mask: torch.Tensor = attention_mask
         if self.decoder:
             kwargs["position_ids"] = (attention_mask.cumsum(-1) - 1).clamp(min=0)
             kwargs["use_cache"] = False
-        out = self.model(input_ids=input_ids, attention_mask=attention_mask, **kwargs)
+            if self.bidirectional:
+                keys = attention_mask[:, None, None, :].to(torch.float32)
+                mask = (1.0 - keys) * torch.finfo(torch.float32).min
+        out = self.model(input_ids=input_ids, attention_mask=mask, **kwargs)
         hidden: torch.Tensor = out.last_hidden_state
         return hidden
 
@@ -46,10 +55,13 @@ def export_graph(
     path: Path,
     pad_id: int,
     external_data: bool | None = None,
+    bidirectional: bool = False,
 ) -> str:
     """Write ``path``, with weights in external data for large models (or when
     ``external_data`` says so); returns the exporter used."""
-    wrapper = HiddenStates(model, decoder).eval()
+    if bidirectional and not decoder:
+        raise ExportError("bidirectional applies to decoders; encoders are bidirectional already")
+    wrapper = HiddenStates(model, decoder, bidirectional).eval()
     # Batch 2 and seq 8 with a padded row: no dimension is 0/1-specialized while tracing.
     ids = torch.full((2, 8), 5, dtype=torch.long)
     mask = torch.ones((2, 8), dtype=torch.long)

@@ -1,27 +1,25 @@
 """``export_model``: a Hugging Face embedder in, a checked slimembed model directory out.
 
-Settings come from, in order: explicit options, the sentence-transformers configuration, the
-registry entry for the source id, and defaults by architecture (encoders: mean pooling;
-decoders: last-token pooling with left padding).
+Settings come from, in order: explicit options, the registry's family recipe (for a registered
+name or source id, or the family named in the options), the sentence-transformers
+configuration, and defaults by architecture (encoders: mean pooling; decoders: last-token
+pooling with left padding). torch and transformers are imported only for transformer models.
 """
 
 from __future__ import annotations
 
+import dataclasses
 import shutil
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-import torch
-import transformers
-
 from slimembed import hub, registry
 from slimembed.manifest import MANIFEST_FILE, Manifest, Prompt
 from slimembed_export import static
 from slimembed_export.errors import ExportError
-from slimembed_export.graph import export_graph
 from slimembed_export.source import is_decoder, read_config, read_sentence_transformers
-from slimembed_export.verify import check_parity, check_static_parity
+from slimembed_export.verify import check_static_parity
 
 MIN_COSINE = 0.99999
 
@@ -36,6 +34,10 @@ class ExportOptions:
     padding_side: str | None = None
     query_template: str | None = None
     document_template: str | None = None
+    # A registry family (slimembed.registry.FAMILIES) for models the registry does not list.
+    family: str | None = None
+    # "causal" or "bidirectional"; None: the source config's is_causal, else the family's.
+    attention: str | None = None
     revision: str | None = None
     trust_remote_code: bool = False
     # None: external data only past protobuf's 2 GB limit.
@@ -99,6 +101,12 @@ def _export_static(
 def _export_transformer(
     source: str, model_dir: Path, staging: Path, opts: ExportOptions
 ) -> Manifest:
+    import torch
+    import transformers
+
+    from slimembed_export.graph import export_graph
+    from slimembed_export.verify import check_parity
+
     if opts.precision != "fp32":
         raise ExportError(
             f"precision {opts.precision!r} is not available for transformer models yet (fp32 only)"
@@ -107,7 +115,9 @@ def _export_transformer(
     decoder = is_decoder(config)
     st = read_sentence_transformers(model_dir)
     spec = registry.find(source)
+    family = registry.family(opts.family) if opts.family else (spec.recipe if spec else None)
 
+    _check_remote_code(config, source, opts.trust_remote_code)
     tokenizer = transformers.AutoTokenizer.from_pretrained(
         model_dir, trust_remote_code=opts.trust_remote_code
     )
@@ -117,43 +127,42 @@ def _export_transformer(
         model_dir, dtype=torch.float32, trust_remote_code=opts.trust_remote_code
     ).eval()
 
-    pooling = opts.pooling or (st and st.pooling) or (spec and spec.pooling)
+    # Explicit options, then the family recipe (curated), then the sentence-transformers
+    # configuration, then defaults by architecture.
+    pooling = opts.pooling or (family and family.pooling) or (st and st.pooling)
     pooling = pooling or ("last_token" if decoder else "mean")
     normalize = opts.normalize
     if normalize is None:
-        normalize = st.normalize if st else (spec.normalize if spec else True)
-    padding_side = opts.padding_side or (
+        normalize = family.normalize if family else (st.normalize if st else True)
+    padding_side = opts.padding_side or (family and family.padding_side)
+    padding_side = padding_side or (
         "left" if decoder else getattr(tokenizer, "padding_side", "right")
     )
+    attention = _attention(opts, config, family, decoder)
     max_length = _max_length(opts, st, spec, tokenizer, config)
-    prompts = st.prompts if st else {}
-    query = Prompt(
-        template=opts.query_template
-        or _prefix_template(prompts.get("query"))
-        or (spec.query_template if spec else "{text}"),
-        exclude_instruction=bool(st and not st.include_prompt),
-    )
-    document = Prompt(
-        template=opts.document_template
-        or _prefix_template(prompts.get("document") or prompts.get("passage"))
-        or (spec.document_template if spec else "{text}"),
-        exclude_instruction=bool(st and not st.include_prompt),
-    )
+    query, document = _prompts(opts, st, family, tokenizer)
     pad_id = tokenizer.pad_token_id
     if pad_id is None:
         pad_id = tokenizer.eos_token_id if tokenizer.eos_token_id is not None else 0
 
     exporter = export_graph(
-        model, decoder, staging / "model.onnx", pad_id, external_data=opts.external_data
+        model,
+        decoder,
+        staging / "model.onnx",
+        pad_id,
+        external_data=opts.external_data,
+        bidirectional=decoder and attention == "bidirectional",
     )
     (staging / "tokenizer.json").write_text(tokenizer.backend_tokenizer.to_str(), encoding="utf-8")
+    dim = int(config.get("hidden_size") or config.get("n_embd") or model.config.hidden_size)
     manifest = Manifest(
-        dim=int(config.get("hidden_size") or config.get("n_embd") or model.config.hidden_size),
+        dim=dim,
         pooling=pooling,
         normalize=bool(normalize),
         max_length=max_length,
         padding_side=padding_side,
         pad_id=int(pad_id),
+        matryoshka_dims=_matryoshka(spec, dim),
         query=query,
         document=document,
         source={
@@ -161,14 +170,116 @@ def _export_transformer(
             "revision": opts.revision or _snapshot_revision(model_dir),
             "architecture": (config.get("architectures") or [config.get("model_type")])[0],
             "model_type": config.get("model_type"),
+            "family": family.name if family else None,
+            "attention": attention,
             "exporter": exporter,
             "torch": torch.__version__,
             "transformers": transformers.__version__,
         },
     )
     manifest.save(staging)
-    figures = check_parity(staging, manifest, model, tokenizer, opts.min_cosine)
+    figures = check_parity(
+        staging,
+        manifest,
+        model,
+        tokenizer,
+        opts.min_cosine,
+        bidirectional=attention == "bidirectional",
+    )
     return manifest.with_changes(parity=figures)
+
+
+def _check_remote_code(config: dict[str, Any], source: str, trust: bool) -> None:
+    """A model whose architecture only its own Python code defines runs that code only when
+    asked; one transformers knows (gte-Qwen2's Qwen2) runs on transformers' code."""
+    from transformers.models.auto.configuration_auto import CONFIG_MAPPING
+
+    if config.get("auto_map") and not trust and config.get("model_type") not in CONFIG_MAPPING:
+        raise ExportError(
+            f"{source} needs its own modeling code (auto_map in config.json, model type "
+            f"{config.get('model_type')!r} unknown to transformers); review it, then pass "
+            "--trust-remote-code (trust_remote_code=True) to run it"
+        )
+
+
+def _matryoshka(spec: registry.ModelSpec | None, dim: int) -> tuple[int, ...]:
+    """The registry's Matryoshka sizes that fit this model (all of them for the real one)."""
+    if spec is None or not spec.matryoshka_dims:
+        return ()
+    return (*(d for d in spec.matryoshka_dims if d < dim), dim)
+
+
+def _attention(
+    opts: ExportOptions, config: dict[str, Any], family: registry.Family | None, decoder: bool
+) -> str:
+    """Causal or bidirectional: as told, else as the source config says (``is_causal``, which
+    gte-Qwen2's reference code honours), else the family's, else causal for decoders."""
+    if not decoder:
+        if opts.attention == "causal":
+            raise ExportError("encoders attend bidirectionally; --attention causal needs a decoder")
+        return "bidirectional"
+    if opts.attention:
+        return opts.attention
+    if isinstance(config.get("is_causal"), bool):
+        return "causal" if config["is_causal"] else "bidirectional"
+    return family.attention if family else "causal"
+
+
+def _prompts(
+    opts: ExportOptions, st: Any, family: registry.Family | None, tokenizer: Any
+) -> tuple[Prompt, Prompt]:
+    st_prompts = st.prompts if st else {}
+    exclude = bool(st and not st.include_prompt)
+    chosen = []
+    for kind, template, st_prompt in (
+        ("query", opts.query_template, st_prompts.get("query")),
+        (
+            "document",
+            opts.document_template,
+            st_prompts.get("document") or st_prompts.get("passage"),
+        ),
+    ):
+        recipe: registry.PromptRecipe = getattr(family, kind) if family else registry.PromptRecipe()
+        if template is None and family is None:
+            template = _prefix_template(st_prompt)
+        if template is not None:
+            # An explicit or sentence-transformers template keeps the recipe's inserted ids.
+            recipe = dataclasses.replace(
+                recipe, template=template, exclude_instruction=recipe.exclude_instruction or exclude
+            )
+        chosen.append(
+            Prompt(
+                template=recipe.template,
+                instruction=recipe.instruction,
+                exclude_instruction=recipe.exclude_instruction,
+                prefix_ids=_token_ids(recipe.prefix_tokens, tokenizer),
+                suffix_ids=_token_ids(recipe.suffix_tokens, tokenizer, kind),
+            )
+        )
+    return chosen[0], chosen[1]
+
+
+def _token_ids(tokens: tuple[str, ...], tokenizer: Any, kind: str = "") -> tuple[int, ...]:
+    """Ids of a recipe's inserted tokens: each text's first id, or the EOS id.
+
+    An EOS suffix is dropped where the tokenizer's post-processor appends EOS already (newer
+    e5-mistral tokenizers do), so it is never doubled."""
+    ids = []
+    for token in tokens:
+        if token == registry.EOS:
+            eos = tokenizer.eos_token_id
+            if eos is None:
+                raise ExportError("the recipe appends EOS but the tokenizer has no eos_token")
+            probe = tokenizer("a", add_special_tokens=True)["input_ids"]
+            if probe and probe[-1] == eos:
+                continue
+            ids.append(int(eos))
+        else:
+            encoded = tokenizer(token, add_special_tokens=False)["input_ids"]
+            if not encoded:
+                raise ExportError(f"{token!r} encodes to no token ({kind} prompt)")
+            ids.append(int(encoded[0]))
+    return tuple(ids)
 
 
 def _prefix_template(prompt: str | None) -> str | None:
@@ -182,7 +293,7 @@ def _max_length(
     opts: ExportOptions, st: Any, spec: Any, tokenizer: Any, config: dict[str, Any]
 ) -> int | None:
     positions = config.get("max_position_embeddings") or config.get("n_positions")
-    chosen = opts.max_length or (st and st.max_length) or (spec and spec.max_length)
+    chosen = opts.max_length or (spec and spec.max_length) or (st and st.max_length)
     if not chosen:
         model_max = getattr(tokenizer, "model_max_length", None)
         chosen = model_max if model_max and model_max < 1_000_000 else positions

@@ -8,14 +8,18 @@ one text at a time. Token ids from the Rust tokenizer must equal the source toke
 
 from __future__ import annotations
 
+import contextlib
+from collections.abc import Iterator
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
-import torch
 
 from slimembed import Manifest, TextEmbedding, _core
 from slimembed_export.errors import ExportError
+
+if TYPE_CHECKING:
+    import torch
 
 _LONG = " ".join(
     f"Sentence {i} of a long document about ONNX graphs, tokenizers and pooling." for i in range(60)
@@ -39,6 +43,8 @@ PROBE_TEXTS = (
 
 def pool_reference(hidden: torch.Tensor, mode: str, normalize: bool) -> np.ndarray:
     """Pool one unpadded (seq, dim) sequence the way the source libraries define each mode."""
+    import torch
+
     h = hidden.double()
     n = h.shape[0]
     if mode == "cls":
@@ -63,8 +69,15 @@ def check_parity(
     torch_model: torch.nn.Module,
     hf_tokenizer: Any,
     min_cosine: float,
+    bidirectional: bool = False,
 ) -> dict[str, Any]:
-    """Measure the exported directory against the PyTorch model; raise if below ``min_cosine``."""
+    """Measure the exported directory against the PyTorch model; raise if below ``min_cosine``.
+
+    ``bidirectional``: the reference runs the model with ``config.is_causal = False``, which
+    transformers turns into a bidirectional mask (its own code, not the graph's).
+    """
+    import torch
+
     texts = list(PROBE_TEXTS)
     runtime = TextEmbedding(model_dir)
     tokenizer = _core.Tokenizer(model_dir / manifest.tokenizer_file)
@@ -85,7 +98,7 @@ def check_parity(
         if not ids:  # no tokens at all: the runtime's documented zero vector
             reference.append(np.zeros(manifest.dim))
             continue
-        with torch.no_grad():
+        with torch.no_grad(), _attention(torch_model, bidirectional):
             tensor = torch.tensor([ids], dtype=torch.long)
             hidden = torch_model(input_ids=tensor, attention_mask=torch.ones_like(tensor))
         reference.append(
@@ -114,6 +127,23 @@ def check_parity(
             f"{min_cosine} (figures: {figures})"
         )
     return figures
+
+
+@contextlib.contextmanager
+def _attention(model: Any, bidirectional: bool) -> Iterator[None]:
+    """Run ``model`` bidirectionally inside the block (transformers' ``is_causal`` switch)."""
+    if not bidirectional:
+        yield
+        return
+    before = getattr(model.config, "is_causal", None)
+    model.config.is_causal = False
+    try:
+        yield
+    finally:
+        if before is None:
+            del model.config.is_causal
+        else:
+            model.config.is_causal = before
 
 
 def _min_cosine(a: np.ndarray, b: np.ndarray) -> float:

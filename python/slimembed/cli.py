@@ -10,7 +10,9 @@ from typing import Any
 import click
 import numpy as np
 
+from slimembed import hub, registry
 from slimembed.errors import SlimembedError
+from slimembed.manifest import PADDING_SIDES, POOLING_MODES
 
 
 @click.group()
@@ -101,26 +103,51 @@ def embed(
 
 @main.command(name="export")
 @click.argument("source")
-@click.argument("out_dir", type=click.Path(file_okay=False, path_type=Path))
+@click.argument("out_dir", required=False, type=click.Path(file_okay=False, path_type=Path))
+@click.option(
+    "--family",
+    type=click.Choice(sorted(registry.FAMILIES)),
+    default=None,
+    help="Embed with this family's recipe (for models the registry does not list).",
+)
 @click.option(
     "--pooling",
-    type=click.Choice(["cls", "mean", "weighted_mean", "last_token"]),
+    type=click.Choice(list(POOLING_MODES)),
     default=None,
-    help="Pooling (default: from the sentence-transformers config, else by architecture).",
+    help="Pooling (default: the family's, else the sentence-transformers config's, else by "
+    "architecture).",
 )
 @click.option("--normalize/--no-normalize", default=None, help="L2-normalize vectors.")
 @click.option(
     "--max-length", type=int, default=None, help="Tokens per text, special tokens included."
 )
-@click.option("--padding-side", type=click.Choice(["left", "right"]), default=None)
+@click.option("--padding-side", type=click.Choice(list(PADDING_SIDES)), default=None)
+@click.option(
+    "--attention",
+    type=click.Choice(list(registry.ATTENTIONS)),
+    default=None,
+    help="Decoders: causal or bidirectional (default: the source config's is_causal, else the "
+    "family's, else causal).",
+)
 @click.option("--query-template", default=None, help="Query prompt, e.g. 'query: {text}'.")
 @click.option("--document-template", default=None, help="Document prompt, e.g. 'passage: {text}'.")
+@click.option(
+    "--precision",
+    type=click.Choice(["fp32", "fp16", "int8"]),
+    default="fp32",
+    show_default=True,
+    help="Weights precision (fp16/int8: static tables so far).",
+)
 @click.option("--revision", default=None, help="Hub revision to pin.")
 @click.option(
     "--trust-remote-code", is_flag=True, help="Allow the source's own Python code to run."
 )
-def export_command(source: str, out_dir: Path, **options: Any) -> None:
-    """Export SOURCE (a Hugging Face model directory or hub id) to OUT_DIR and verify it."""
+def export_command(source: str, out_dir: Path | None, **options: Any) -> None:
+    """Export SOURCE (a registry name, a Hugging Face model directory or hub id) to OUT_DIR and
+    verify it.
+
+    OUT_DIR defaults, for a registry name, to the cache, where TextEmbedding(NAME) finds it.
+    """
     try:
         from slimembed_export import ExportOptions, export_model
     except ImportError as err:
@@ -128,6 +155,13 @@ def export_command(source: str, out_dir: Path, **options: Any) -> None:
             f"the export pipeline is not installed ({err}); install it with "
             "`pip install ./export` from a slimembed checkout (it brings torch and transformers)"
         ) from err
+    if out_dir is None:
+        spec = registry.find(source)
+        if spec is None or spec.name != source:
+            raise click.UsageError(
+                "OUT_DIR is needed unless SOURCE is a registry name (see `slimembed models`)"
+            )
+        out_dir = hub.export_dir(source)
     try:
         manifest = export_model(source, out_dir, ExportOptions(**options))
     except SlimembedError as err:
@@ -186,6 +220,18 @@ def distill(
 
 
 @main.command()
+def models() -> None:
+    """List the registry: known models, their family recipe and whether they are exported."""
+    for spec in registry.all_specs():
+        recipe = spec.recipe
+        ready = "exported" if hub.exported(spec.name) else "not exported"
+        click.echo(
+            f"{spec.name:46} {spec.family:16} {recipe.pooling:13} {recipe.attention:13} "
+            f"dim {spec.dim:<5} {spec.license:11} {ready}"
+        )
+
+
+@main.command()
 @click.argument("model_dir", type=click.Path(exists=True, file_okay=False, path_type=Path))
 def info(model_dir: Path) -> None:
     """Print the manifest of MODEL_DIR: pooling, prompts, limits, source and parity figures."""
@@ -196,3 +242,4 @@ def info(model_dir: Path) -> None:
     except SlimembedError as err:
         raise click.ClickException(str(err)) from err
     click.echo(json.dumps(manifest.to_dict(), indent=2, ensure_ascii=False))
+

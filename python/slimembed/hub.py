@@ -2,6 +2,7 @@
 
 Downloads go through huggingface_hub, so its offline mode (``HF_HUB_OFFLINE=1``), tokens and
 revision pinning apply unchanged; the cache is ``env.cache_dir()`` unless the caller names one.
+Registry names resolve to ``<cache>/exported/<name>``, where ``slimembed export NAME`` writes.
 A slimembed repository is fetched manifest first, then only the files the manifest names.
 """
 
@@ -13,6 +14,9 @@ from pathlib import Path
 from slimembed import env, registry
 from slimembed.errors import ManifestError, ModelFileError, UnknownModelError
 from slimembed.manifest import MANIFEST_FILE, Manifest
+
+# Under the cache: registry models exported by `slimembed export NAME`.
+EXPORTED = "exported"
 
 
 def resolve_model(
@@ -29,9 +33,13 @@ def resolve_model(
     name = str(model)
     spec = registry.find(name)
     if spec is not None and spec.name == name:
+        path = export_dir(name, cache_dir)
+        if exported(name, cache_dir):
+            return path
         raise UnknownModelError(
-            f"{name!r} is a known source model, not an exported one: run "
-            f"`slimembed export {name} DIR` once, then load DIR"
+            f"{name!r} is a known model that has not been exported here yet: run "
+            f"`slimembed export {name}` once (it needs the export extra, torch included) to "
+            f"write {path}; or load a model directory or a hub repository holding one"
         )
     repo_id = _repo_id(name)
     first = _download(repo_id, cache_dir, revision, local_files_only, [MANIFEST_FILE])
@@ -48,6 +56,16 @@ def resolve_model(
     if manifest.graph_file:
         files.append(f"{manifest.graph_file}*")
     return _download(repo_id, cache_dir, revision, local_files_only, files)
+
+
+def export_dir(name: str, cache_dir: str | os.PathLike[str] | None = None) -> Path:
+    """Where ``slimembed export NAME`` writes a registry model and ``TextEmbedding(NAME)``
+    looks for it: ``<cache>/exported/<name>``."""
+    return Path(cache_dir or env.cache_dir()) / EXPORTED / name
+
+
+def exported(name: str, cache_dir: str | os.PathLike[str] | None = None) -> bool:
+    return (export_dir(name, cache_dir) / MANIFEST_FILE).is_file()
 
 
 def resolve_source(

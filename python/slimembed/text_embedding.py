@@ -13,6 +13,7 @@ from __future__ import annotations
 import os
 import threading
 from collections.abc import Callable, Iterable, Iterator, Sequence, Sized
+from dataclasses import replace
 from itertools import islice
 from pathlib import Path
 from typing import Any, TypeVar
@@ -131,6 +132,61 @@ class TextEmbedding:
         """The registry of known models, one dict per model (as fastembed's)."""
         return [spec.to_dict() for spec in registry.all_specs()]
 
+    @classmethod
+    def add_custom_model(
+        cls,
+        model: str,
+        source: str,
+        dim: int,
+        *,
+        family: str = "encoder-mean",
+        pooling: str | None = None,
+        normalization: bool | None = None,
+        max_length: int = 512,
+        padding_side: str | None = None,
+        attention: str | None = None,
+        query_template: str | None = None,
+        document_template: str | None = None,
+        instruction: str | None = None,
+        description: str = "",
+        license: str = "",
+    ) -> registry.ModelSpec:
+        """Register a model (as fastembed's ``add_custom_model``) so that
+        ``slimembed export MODEL`` exports it from ``source`` (a hub id) with these rules and
+        ``TextEmbedding(MODEL)`` loads the export.
+
+        ``family`` picks a recipe from ``registry.FAMILIES`` (``"qwen3-embedding"``,
+        ``"gritlm"``, …); the other arguments replace its rules. Registering a name again with
+        other settings raises ValueError.
+        """
+        base = registry.family(family)
+        query = document = None
+        if query_template is not None or instruction is not None:
+            query = replace(
+                base.query,
+                template=query_template or base.query.template,
+                instruction=instruction if instruction is not None else base.query.instruction,
+            )
+        if document_template is not None:
+            document = replace(base.document, template=document_template)
+        return registry.register(
+            registry.ModelSpec(
+                model,
+                source,
+                family,
+                dim,
+                max_length,
+                license,
+                description,
+                query=query,
+                document=document,
+                pooling=pooling,
+                normalize=normalization,
+                padding_side=padding_side,
+                attention=attention,
+            )
+        )
+
     def embed(
         self,
         texts: str | Iterable[str],
@@ -139,7 +195,11 @@ class TextEmbedding:
         dim: int | None = None,
         progress: bool = False,
     ) -> Iterator[Vector]:
-        """Yield one float32 vector per text, in input order, with no prompt added.
+        """Yield one float32 vector per text (a document), in input order.
+
+        As in fastembed, ``embed`` embeds documents: the model's document prompt applies (plain
+        text for most encoders; GritLM's ``<|embed|>``, SGPT's braces, e5-mistral's appended
+        EOS), exactly as ``passage_embed``. ``encode`` without ``prompt`` embeds raw text.
 
         A bare string is one text. An empty string is embedded like any other: its vector comes
         from the special tokens alone, or is all zeros where the tokenizer adds none. Texts
@@ -147,7 +207,7 @@ class TextEmbedding:
         components (Matryoshka) and renormalizes them when the model normalizes. Raises
         TypeError naming the position of ``None`` or a non-string.
         """
-        return self._stream(texts, None, None, batch_size, dim, progress)
+        return self._stream(texts, self.manifest.document, None, batch_size, dim, progress)
 
     def query_embed(
         self,
@@ -172,7 +232,7 @@ class TextEmbedding:
         dim: int | None = None,
         progress: bool = False,
     ) -> Iterator[Vector]:
-        """Like ``embed`` with the model's document prompt (never a query instruction)."""
+        """The same as ``embed``: the model's document prompt (never a query instruction)."""
         return self._stream(texts, self.manifest.document, None, batch_size, dim, progress)
 
     def encode(
@@ -187,14 +247,9 @@ class TextEmbedding:
     ) -> npt.NDArray[np.float32]:
         """All vectors as one ``(n, dim)`` float32 array.
 
-        ``prompt`` is ``None`` (no prompt), ``"query"`` or ``"document"``.
+        ``prompt`` is ``None`` (the raw text, no prompt), ``"query"`` or ``"document"``.
         """
-        prompts = {None: None, "query": self.manifest.query, "document": self.manifest.document}
-        if prompt not in prompts:
-            raise ValueError(f"prompt must be None, 'query' or 'document', got {prompt!r}")
-        if instruction is not None and prompt != "query":
-            raise ValueError("an instruction applies to queries only: pass prompt='query'")
-        chosen = prompts[prompt]
+        chosen = self._prompt(prompt, instruction)
         width = self._check_dim(dim)
         if batch_size < 1:
             raise ValueError(f"batch_size must be >= 1, got {batch_size}")
@@ -273,16 +328,8 @@ class TextEmbedding:
         if self._static is not None:
             wrapped = [head + t + tail for t in texts] if (head or tail) else texts
             return self._static.embed(wrapped, max_length=m.max_length, dim=dim)
-        exclude = prompt is not None and prompt.exclude_instruction and bool(head)
-        if exclude:
-            encoded = self._tokenizer.encode(
-                [t + tail for t in texts] if tail else texts,
-                instructions=[head] * len(texts),
-                **self._encode_options(prompt),
-            )
-        else:
-            wrapped = [head + t + tail for t in texts] if (head or tail) else texts
-            encoded = self._tokenizer.encode(wrapped, **self._encode_options(prompt))
+        exclude = _excludes_instruction(prompt, head)
+        encoded = self._encode(texts, prompt, head, tail)
         out = np.zeros((len(texts), dim or m.dim), dtype=np.float32)
         positions = "position_ids" in m.graph_inputs
         lengths = encoded.lengths()
@@ -302,6 +349,46 @@ class TextEmbedding:
                 dim=dim,
             )
         return out
+
+    def tokenize(
+        self,
+        texts: str | Iterable[str],
+        *,
+        prompt: str | None = None,
+        instruction: str | None = None,
+    ) -> _core.Encoded:
+        """Token ids exactly as the model sees them: prompt, special and inserted ids included,
+        truncated to the max length; ``prompt`` and ``instruction`` as in ``encode``.
+
+        ``Encoded.row(i)`` gives text ``i``'s ids; ``Encoded.pad`` also gives the number of
+        leading tokens left out of pooling (an excluded instruction).
+        """
+        chosen = self._prompt(prompt, instruction)
+        items = list(_as_iterable(texts))
+        _check_texts(items, 0)
+        head, tail = chosen.split(instruction) if chosen else ("", "")
+        return self._encode(items, chosen, head, tail)
+
+    def _prompt(self, prompt: str | None, instruction: str | None) -> Prompt | None:
+        prompts = {None: None, "query": self.manifest.query, "document": self.manifest.document}
+        if prompt not in prompts:
+            raise ValueError(f"prompt must be None, 'query' or 'document', got {prompt!r}")
+        if instruction is not None and prompt != "query":
+            raise ValueError("an instruction applies to queries only: pass prompt='query'")
+        return prompts[prompt]
+
+    def _encode(
+        self, texts: list[str], prompt: Prompt | None, head: str, tail: str
+    ) -> _core.Encoded:
+        options = self._encode_options(prompt)
+        if _excludes_instruction(prompt, head):
+            return self._tokenizer.encode(
+                [t + tail for t in texts] if tail else texts,
+                instructions=[head] * len(texts),
+                **options,
+            )
+        wrapped = [head + t + tail for t in texts] if (head or tail) else texts
+        return self._tokenizer.encode(wrapped, **options)
 
     def hidden_states(
         self,
@@ -338,6 +425,11 @@ class TextEmbedding:
     def __repr__(self) -> str:
         m = self.manifest
         return f"TextEmbedding({self.model_name!r}, dim={m.dim}, pooling={m.pooling!r})"
+
+
+def _excludes_instruction(prompt: Prompt | None, head: str) -> bool:
+    """Whether the text before ``{text}`` is tokenized on its own and left out of pooling."""
+    return prompt is not None and prompt.exclude_instruction and bool(head)
 
 
 def _native(load: Callable[[Path], T], path: Path) -> T:
