@@ -35,11 +35,13 @@ def _unit(x: np.ndarray) -> np.ndarray:
     return x / np.maximum(np.linalg.norm(x, axis=1, keepdims=True), 1e-12)
 
 
-def sts_spearman(encode: Encode, name: str = "en-test") -> float:
-    """Spearman correlation of pair cosines with the human scores."""
+def sts_spearman(encode: Encode, name: str = "en-test", max_pairs: int | None = None) -> float:
+    """Spearman correlation of pair cosines with the human scores (of the first ``max_pairs``
+    pairs when given)."""
     pairs = sts(name)
-    a, b = _unit(encode(pairs.sentences1)), _unit(encode(pairs.sentences2))
-    return spearman((a * b).sum(1), np.array(pairs.scores))
+    n = len(pairs.scores) if max_pairs is None else max_pairs
+    a, b = _unit(encode(pairs.sentences1[:n])), _unit(encode(pairs.sentences2[:n]))
+    return spearman((a * b).sum(1), np.array(pairs.scores[:n]))
 
 
 def ndcg_at_10(
@@ -58,9 +60,47 @@ def ndcg_at_10(
     return total / len(query_ids)
 
 
-def scifact_ndcg(encode_queries: Encode, encode_docs: Encode | None = None) -> float:
-    """nDCG@10 on SciFact test with exact search over the whole corpus."""
+def scifact_slice(max_docs: int) -> tuple[list[int], list[int]]:
+    """Indices of at most ``max_docs`` SciFact documents (the judged ones of the test queries
+    first, in query order, then the rest of the corpus in order) and of the test queries all of
+    whose judged documents are among them."""
     data = scifact("test")
-    docs = _unit((encode_docs or encode_queries)(data.docs))
-    queries = _unit(encode_queries(data.queries))
-    return ndcg_at_10(queries @ docs.T, data.doc_ids, data.query_ids, data.qrels)
+    index = {d: i for i, d in enumerate(data.doc_ids)}
+    chosen: dict[int, None] = {}
+    for qid in data.query_ids:
+        judged = [index[d] for d in data.qrels[qid] if d in index]
+        if len(chosen) + len(judged) > max_docs // 2:
+            break
+        chosen.update(dict.fromkeys(judged))
+    for i in range(len(data.docs)):
+        if len(chosen) >= max_docs:
+            break
+        chosen.setdefault(i)
+    docs = sorted(chosen)
+    kept = set(docs)
+    queries = [
+        qi
+        for qi, qid in enumerate(data.query_ids)
+        if all(index.get(d) in kept for d in data.qrels[qid])
+    ]
+    return docs, queries
+
+
+def scifact_ndcg(
+    encode_queries: Encode, encode_docs: Encode | None = None, max_docs: int | None = None
+) -> float:
+    """nDCG@10 on SciFact test with exact search over the whole corpus, or over the slice of
+    ``max_docs`` documents from :func:`scifact_slice` and the queries judged within it."""
+    data = scifact("test")
+    doc_idx = list(range(len(data.docs)))
+    query_idx = list(range(len(data.queries)))
+    if max_docs is not None and max_docs < len(data.docs):
+        doc_idx, query_idx = scifact_slice(max_docs)
+    docs = _unit((encode_docs or encode_queries)([data.docs[i] for i in doc_idx]))
+    queries = _unit(encode_queries([data.queries[i] for i in query_idx]))
+    return ndcg_at_10(
+        queries @ docs.T,
+        [data.doc_ids[i] for i in doc_idx],
+        [data.query_ids[i] for i in query_idx],
+        data.qrels,
+    )

@@ -3,14 +3,18 @@ so that drift of the machine hits every engine alike; ratios are taken pair by p
 
 from __future__ import annotations
 
+import importlib.metadata
+import math
 import os
 import platform
 import statistics
 import subprocess
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
+
+T = TypeVar("T")
 
 
 def interleaved(engines: dict[str, Callable[[], Any]], reps: int) -> dict[str, list[float]]:
@@ -22,6 +26,23 @@ def interleaved(engines: dict[str, Callable[[], Any]], reps: int) -> dict[str, l
         for name, fn in engines.items():
             start = time.perf_counter()
             fn()
+            times[name].append(time.perf_counter() - start)
+    return times
+
+
+def interleaved_each(
+    engines: dict[str, Callable[[T], Any]], items: Sequence[T], warmup: int = 3
+) -> dict[str, list[float]]:
+    """Seconds per call for each engine on each item in turn (item 1: A B, item 2: A B, ...),
+    after ``warmup`` untimed calls each: the per-call latency distribution."""
+    for fn in engines.values():
+        for item in items[:warmup]:
+            fn(item)
+    times: dict[str, list[float]] = {name: [] for name in engines}
+    for item in items:
+        for name, fn in engines.items():
+            start = time.perf_counter()
+            fn(item)
             times[name].append(time.perf_counter() - start)
     return times
 
@@ -41,6 +62,58 @@ def ratio(faster: list[float], slower: list[float]) -> dict[str, float]:
     return {"median": statistics.median(pairs), "min": min(pairs), "max": max(pairs)}
 
 
+def ratios_vs(times: dict[str, list[float]], baseline: str) -> dict[str, dict[str, float]]:
+    """Speed-up of every engine over ``baseline`` (above 1: faster than the baseline), each
+    from the per-pair ratios of repetitions that ran side by side."""
+    return {name: ratio(t, times[baseline]) for name, t in times.items()}
+
+
+def percentile(values: Sequence[float], q: float) -> float:
+    """The ``q``-th percentile (0-100), linear between the closest ranks (numpy's default)."""
+    if not values:
+        raise ValueError("percentile of no values")
+    if not 0 <= q <= 100:
+        raise ValueError(f"q must be between 0 and 100, got {q}")
+    ordered = sorted(values)
+    pos = (len(ordered) - 1) * q / 100
+    low, high = math.floor(pos), math.ceil(pos)
+    return ordered[low] + (ordered[high] - ordered[low]) * (pos - low)
+
+
+def latency(times: Sequence[float]) -> dict[str, float]:
+    """Milliseconds per call: p50, p95, p99, mean, min and max."""
+    ms = [t * 1000 for t in times]
+    return {
+        "p50": percentile(ms, 50),
+        "p95": percentile(ms, 95),
+        "p99": percentile(ms, 99),
+        "mean": statistics.fmean(ms),
+        "min": min(ms),
+        "max": max(ms),
+    }
+
+
+def versions(distributions: Sequence[str]) -> dict[str, str | None]:
+    """Installed version of each distribution (None where it is not installed)."""
+    found: dict[str, str | None] = {}
+    for name in distributions:
+        try:
+            found[name] = importlib.metadata.version(name)
+        except importlib.metadata.PackageNotFoundError:
+            found[name] = None
+    return found
+
+
+def _memory_gib() -> float | None:
+    try:
+        for line in Path("/proc/meminfo").read_text().splitlines():
+            if line.startswith("MemTotal:"):
+                return round(int(line.split()[1]) / 2**20, 1)
+    except OSError:
+        pass
+    return None
+
+
 def machine() -> dict[str, Any]:
     cpu = platform.processor() or platform.machine()
     try:
@@ -52,13 +125,19 @@ def machine() -> dict[str, Any]:
         pass
     try:
         revision = subprocess.run(
-            ["git", "rev-parse", "--short", "HEAD"], capture_output=True, text=True, check=True
+            ["git", "rev-parse", "--short", "HEAD"],
+            capture_output=True,
+            text=True,
+            check=True,
+            cwd=Path(__file__).resolve().parent,
         ).stdout.strip()
     except (OSError, subprocess.CalledProcessError):
         revision = "unknown"
     return {
         "cpu": cpu,
         "cores": os.cpu_count(),
+        "memory_gib": _memory_gib(),
+        "system": f"{platform.system()} {platform.release()} {platform.machine()}",
         "python": platform.python_version(),
         "git": revision,
     }
