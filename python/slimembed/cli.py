@@ -243,3 +243,36 @@ def info(model_dir: Path) -> None:
         raise click.ClickException(str(err)) from err
     click.echo(json.dumps(manifest.to_dict(), indent=2, ensure_ascii=False))
 
+
+def _benchmarks_checkout() -> Path | None:
+    """The slimembed checkout holding the current directory, whose ``benchmarks`` package the
+    bench command runs (it is not part of the installed wheel)."""
+    for folder in (Path.cwd(), *Path.cwd().parents):
+        if (folder / "benchmarks" / "cli.py").is_file() and (folder / "pyproject.toml").is_file():
+            return folder
+    return None
+
+
+@main.command(
+    name="bench",
+    context_settings={"ignore_unknown_options": True, "allow_extra_args": True},
+    add_help_option=False,
+)
+@click.argument("args", nargs=-1, type=click.UNPROCESSED)
+def bench_command(args: tuple[str, ...]) -> None:
+    """Benchmark slimembed against sentence-transformers, fastembed and model2vec (run from a
+    slimembed checkout with the bench extra; see `slimembed bench --help`)."""
+    import importlib
+
+    checkout = _benchmarks_checkout()
+    if checkout is None:
+        raise click.ClickException(
+            "slimembed bench runs the benchmarks/ folder of a slimembed checkout, which the "
+            "installed package does not carry: cd into a checkout (after "
+            "`pip install '.[bench]'`), or run `python -m benchmarks` there"
+        )
+    sys.path.insert(0, str(checkout))
+    # Imported by name: the benchmark code (and the engines it compares) is no part of the
+    # runtime, nor of its type check.
+    bench = importlib.import_module("benchmarks.cli").bench
+    bench.main(args=list(args), prog_name="slimembed bench")
