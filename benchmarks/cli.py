@@ -17,7 +17,7 @@ import click
 
 QUICK = {
     "n_texts": 256,
-    "batch_sizes": "8,64",
+    "batch_sizes": "16,64",
     "reps": 2,
     "latency_calls": 40,
     "probe_reps": 1,
@@ -34,9 +34,9 @@ FULL = {
     "latency_calls": 300,
     "probe_reps": 3,
     "sts_pairs": -1,
-    "scifact_docs": -1,
+    "scifact_docs": 1000,
     "scaling_lengths": "16,64,256,1024,4096,8192",
-    "scaling_tokens": 65536,
+    "scaling_tokens": 16384,
     "scaling_reps": 3,
 }
 MEASURES = ("throughput", "latency", "memory", "fidelity", "scaling", "footprint")
@@ -94,8 +94,8 @@ def _names(text: str, allowed: tuple[str, ...]) -> list[str]:
     "--texts",
     "sources",
     multiple=True,
-    help="sts, scifact, mixed, generated, or a .txt/.jsonl/.parquet file (repeat). "
-    "Default: sts (--quick) or sts and scifact.",
+    help="sts, scifact, mixed, generated, or a .txt/.jsonl/.parquet file (repeat; the first "
+    "also feeds latency, fidelity cosines and the memory probe). Default: sts.",
 )
 @click.option(
     "--n-texts", type=int, default=None, help="Texts per source (default 1000; quick 256)."
@@ -111,8 +111,18 @@ def _names(text: str, allowed: tuple[str, ...]) -> list[str]:
 )
 @click.option("--latency-calls", type=int, default=None, help="Single-text calls per engine.")
 @click.option("--probe-reps", type=int, default=None, help="Fresh processes per engine.")
-@click.option("--sts-pairs", type=int, default=None, help="STS-B pairs (-1 all, 0 skip).")
-@click.option("--scifact-docs", type=int, default=None, help="SciFact documents (-1 all, 0 skip).")
+@click.option(
+    "--sts-pairs",
+    type=int,
+    default=None,
+    help="STS-B en-test pairs (-1 all: the default; quick 300; 0 skip).",
+)
+@click.option(
+    "--scifact-docs",
+    type=int,
+    default=None,
+    help="SciFact documents searched (-1 the whole corpus; default 1000, quick 150; 0 skip).",
+)
 @click.option("--scaling-lengths", default=None, help="Tokens per text, comma-separated.")
 @click.option("--scaling-tokens", type=int, default=None, help="Tokens per timed call in scaling.")
 @click.option(
@@ -190,7 +200,7 @@ def bench(
     cfg = Config(
         engines=_names(engines, ENGINE_NAMES),
         threads=threads,
-        sources=list(sources) or (["sts"] if quick else ["sts", "scifact"]),
+        sources=list(sources) or ["sts"],
         n_texts=int(pick(n_texts, "n_texts")),  # type: ignore[call-overload]
         batch_sizes=_ints(str(pick(batch_sizes, "batch_sizes"))),
         reps=int(pick(reps, "reps")),  # type: ignore[call-overload]
