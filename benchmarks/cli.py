@@ -16,15 +16,15 @@ from pathlib import Path
 import click
 
 QUICK = {
-    "n_texts": 256,
+    "n_texts": 200,
     "batch_sizes": "16,64",
     "reps": 2,
-    "latency_calls": 40,
+    "latency_calls": 30,
     "probe_reps": 1,
-    "sts_pairs": 300,
-    "scifact_docs": 150,
-    "scaling_lengths": "16,256,2048",
-    "scaling_tokens": 4096,
+    "sts_pairs": 200,
+    "scifact_docs": 0,
+    "scaling_lengths": "16,512,4096",
+    "scaling_tokens": 2048,
     "scaling_reps": 1,
 }
 FULL = {
@@ -115,13 +115,13 @@ def _names(text: str, allowed: tuple[str, ...]) -> list[str]:
     "--sts-pairs",
     type=int,
     default=None,
-    help="STS-B en-test pairs (-1 all: the default; quick 300; 0 skip).",
+    help="STS-B en-test pairs (-1 all: the default; quick 200; 0 skip).",
 )
 @click.option(
     "--scifact-docs",
     type=int,
     default=None,
-    help="SciFact documents searched (-1 the whole corpus; default 1000, quick 150; 0 skip).",
+    help="SciFact documents searched (-1 the whole corpus; default 1000; 0 skip: quick).",
 )
 @click.option("--scaling-lengths", default=None, help="Tokens per text, comma-separated.")
 @click.option("--scaling-tokens", type=int, default=None, help="Tokens per timed call in scaling.")
