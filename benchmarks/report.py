@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import importlib.util
 import json
+import re
 from collections.abc import Iterable
 from pathlib import Path
 from typing import Any
@@ -244,7 +245,7 @@ def plots(report: Record, out_dir: Path) -> tuple[list[Path], str | None]:
     records = report["records"]
     written: list[Path] = []
     for model in _models(records):
-        slug = model.replace("/", "_").replace(" ", "_")
+        slug = re.sub(r"[^A-Za-z0-9.-]+", "-", model).strip("-")
         thr = _rows(records, "throughput", model=model)
         if thr:
             source = thr[0]["source"]
