@@ -140,11 +140,11 @@ def _decoder_tokenizer(family: str) -> transformers.PreTrainedTokenizerFast:
 
 
 def _decoder_config(
-    family: str, tokenizer: transformers.PreTrainedTokenizerFast
+    family: str, tokenizer: transformers.PreTrainedTokenizerFast, init_range: float = INIT_RANGE
 ) -> transformers.PretrainedConfig:
     common = {
         "vocab_size": VOCAB,
-        "initializer_range": INIT_RANGE,
+        "initializer_range": init_range,
         "bos_token_id": tokenizer.bos_token_id,
         "eos_token_id": tokenizer.eos_token_id,
         "pad_token_id": tokenizer.pad_token_id,
@@ -182,7 +182,7 @@ def _decoder_config(
     return classes[family](**shape)
 
 
-def build(family: str, out: Path) -> Path:
+def build(family: str, out: Path, init_range: float = INIT_RANGE) -> Path:
     """Write a tiny random model to ``out`` (returned): an architecture of ``DECODERS``,
     ``"bert"``, or an embedder family of ``FAMILY_ARCH`` with that family's tokenizer."""
     torch.manual_seed(0)
@@ -218,6 +218,7 @@ def build(family: str, out: Path) -> Path:
         return out
     tokenizer = _decoder_tokenizer(family)
     tokenizer.save_pretrained(out)
-    model = transformers.AutoModelForCausalLM.from_config(_decoder_config(family, tokenizer))
+    config = _decoder_config(family, tokenizer, init_range)
+    model = transformers.AutoModelForCausalLM.from_config(config)
     model.save_pretrained(out)
     return out

@@ -49,6 +49,43 @@ class HiddenStates(torch.nn.Module):
         return hidden
 
 
+class TokenLogProbs(torch.nn.Module):
+    """A causal LM as a reranker: (input_ids, attention_mask, target_positions, target_ids) ->
+    ``token_logprobs`` (batch, targets), the log-probability of ``target_ids[b, k]`` as the
+    token after position ``target_positions[b, k]``.
+
+    Only the hidden states at the target positions go through the LM head, so the
+    (batch, seq, vocab) logits are never built: memory grows with the targets, not the text.
+    """
+
+    def __init__(self, lm: torch.nn.Module) -> None:
+        super().__init__()
+        self.base = lm.base_model
+        self.head = lm.get_output_embeddings()
+        if self.head is None:
+            raise ExportError(f"{type(lm).__name__} has no LM head to score tokens with")
+
+    def forward(
+        self,
+        input_ids: torch.Tensor,
+        attention_mask: torch.Tensor,
+        target_positions: torch.Tensor,
+        target_ids: torch.Tensor,
+    ) -> torch.Tensor:
+        positions = (attention_mask.cumsum(-1) - 1).clamp(min=0)
+        hidden = self.base(
+            input_ids=input_ids,
+            attention_mask=attention_mask,
+            position_ids=positions,
+            use_cache=False,
+        ).last_hidden_state
+        index = target_positions.unsqueeze(-1).expand(-1, -1, hidden.shape[-1])
+        logits = self.head(hidden.gather(1, index)).float()
+        logprobs = torch.log_softmax(logits, dim=-1)
+        picked: torch.Tensor = logprobs.gather(-1, target_ids.unsqueeze(-1)).squeeze(-1)
+        return picked
+
+
 def export_graph(
     model: torch.nn.Module,
     decoder: bool,
@@ -57,32 +94,68 @@ def export_graph(
     external_data: bool | None = None,
     bidirectional: bool = False,
 ) -> str:
-    """Write ``path``, with weights in external data for large models (or when
-    ``external_data`` says so); returns the exporter used."""
+    """Write the embedding graph to ``path``, with weights in external data for large models
+    (or when ``external_data`` says so); returns the exporter used."""
     if bidirectional and not decoder:
         raise ExportError("bidirectional applies to decoders; encoders are bidirectional already")
-    wrapper = HiddenStates(model, decoder, bidirectional).eval()
-    # Batch 2 and seq 8 with a padded row: no dimension is 0/1-specialized while tracing.
+    ids, mask = _example(pad_id)
+    return _export(
+        HiddenStates(model, decoder, bidirectional).eval(),
+        {"input_ids": ids, "attention_mask": mask},
+        "last_hidden_state",
+        path,
+        external_data,
+    )
+
+
+def export_rerank_graph(
+    lm: torch.nn.Module, path: Path, pad_id: int, external_data: bool | None = None
+) -> str:
+    """Write the reranking graph of a causal LM (``TokenLogProbs``) to ``path``."""
+    ids, mask = _example(pad_id)
+    positions = torch.tensor([[2, 3, 4], [3, 4, 5]])
+    targets = ids.gather(1, positions + 1)
+    inputs = {
+        "input_ids": ids,
+        "attention_mask": mask,
+        "target_positions": positions,
+        "target_ids": targets,
+    }
+    return _export(TokenLogProbs(lm).eval(), inputs, "token_logprobs", path, external_data)
+
+
+def _example(pad_id: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """Batch 2 and seq 8 with a padded row: no dimension is 0/1-specialized while tracing."""
     ids = torch.full((2, 8), 5, dtype=torch.long)
     mask = torch.ones((2, 8), dtype=torch.long)
     mask[1, 6:] = 0
     ids[1, 6:] = pad_id
-    size = sum(p.numel() * p.element_size() for p in model.parameters())
+    return ids, mask
+
+
+def _export(
+    wrapper: torch.nn.Module,
+    inputs: dict[str, torch.Tensor],
+    output: str,
+    path: Path,
+    external_data: bool | None,
+) -> str:
+    size = sum(p.numel() * p.element_size() for p in wrapper.parameters())
     external = size > EXTERNAL_DATA_BYTES if external_data is None else external_data
-    batch, seq = torch.export.Dim("batch"), torch.export.Dim("seq")
+    batch, seq, targets = (torch.export.Dim(n) for n in ("batch", "seq", "targets"))
+    dims = {"input_ids": seq, "attention_mask": seq, "target_positions": targets}
+    dims["target_ids"] = targets
+    dynamic = {name: {0: batch, 1: dims[name]} for name in inputs}
     with torch.no_grad(), warnings.catch_warnings():
         warnings.simplefilter("ignore")
         try:
             torch.onnx.export(
                 wrapper,
-                (ids, mask),
+                tuple(inputs.values()),
                 str(path),
-                input_names=["input_ids", "attention_mask"],
-                output_names=["last_hidden_state"],
-                dynamic_shapes={
-                    "input_ids": {0: batch, 1: seq},
-                    "attention_mask": {0: batch, 1: seq},
-                },
+                input_names=list(inputs),
+                output_names=[output],
+                dynamic_shapes=dynamic,
                 opset_version=OPSET,
                 dynamo=True,
                 external_data=external,

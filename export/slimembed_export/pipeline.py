@@ -15,13 +15,20 @@ from pathlib import Path
 from typing import Any
 
 from slimembed import hub, registry
-from slimembed.manifest import MANIFEST_FILE, Manifest, Prompt
+from slimembed.manifest import (
+    MANIFEST_FILE,
+    RERANK_INPUTS,
+    SGPT_RERANK_TEMPLATE,
+    Manifest,
+    Prompt,
+)
 from slimembed_export import static
 from slimembed_export.errors import ExportError
 from slimembed_export.source import is_decoder, read_config, read_sentence_transformers
 from slimembed_export.verify import check_static_parity
 
 MIN_COSINE = 0.99999
+MAX_SCORE_DIFF = 1e-4
 
 
 @dataclass(frozen=True)
@@ -45,6 +52,12 @@ class ExportOptions:
     # fp32 for every model; fp16 and int8 (per-row scales) for static tables so far.
     precision: str = "fp32"
     min_cosine: float = MIN_COSINE
+    # "embed", or "rerank": a causal LM scoring (query, document) pairs (SGPT cross-encoder).
+    task: str = "embed"
+    # rerank: the prompt before the query, with {document}; None: SGPT's.
+    rerank_template: str | None = None
+    # rerank: the largest |score difference| to the PyTorch formula the export accepts.
+    max_score_diff: float = MAX_SCORE_DIFF
 
 
 def export_model(
@@ -66,7 +79,11 @@ def export_model(
     staging.mkdir(parents=True)
     try:
         static_kind = static.detect(model_dir)
-        if static_kind is not None:
+        if opts.task not in ("embed", "rerank"):
+            raise ExportError(f"task must be 'embed' or 'rerank', got {opts.task!r}")
+        if opts.task == "rerank":
+            manifest = _export_rerank(source, model_dir, staging, opts)
+        elif static_kind is not None:
             manifest = _export_static(source, model_dir, static_kind, staging, opts)
         else:
             manifest = _export_transformer(source, model_dir, staging, opts)
@@ -118,11 +135,7 @@ def _export_transformer(
     family = registry.family(opts.family) if opts.family else (spec.recipe if spec else None)
 
     _check_remote_code(config, source, opts.trust_remote_code)
-    tokenizer = transformers.AutoTokenizer.from_pretrained(
-        model_dir, trust_remote_code=opts.trust_remote_code
-    )
-    if not tokenizer.is_fast:
-        raise ExportError(f"{source} has no fast tokenizer (tokenizer.json); slimembed needs one")
+    tokenizer = _fast_tokenizer(source, model_dir, opts)
     model = transformers.AutoModel.from_pretrained(
         model_dir, dtype=torch.float32, trust_remote_code=opts.trust_remote_code
     ).eval()
@@ -141,9 +154,7 @@ def _export_transformer(
     attention = _attention(opts, config, family, decoder)
     max_length = _max_length(opts, st, spec, tokenizer, config)
     query, document = _prompts(opts, st, family, tokenizer)
-    pad_id = tokenizer.pad_token_id
-    if pad_id is None:
-        pad_id = tokenizer.eos_token_id if tokenizer.eos_token_id is not None else 0
+    pad_id = _pad_id(tokenizer)
 
     exporter = export_graph(
         model,
@@ -166,15 +177,9 @@ def _export_transformer(
         query=query,
         document=document,
         source={
-            "id": source,
-            "revision": opts.revision or _snapshot_revision(model_dir),
-            "architecture": (config.get("architectures") or [config.get("model_type")])[0],
-            "model_type": config.get("model_type"),
+            **_source_info(source, model_dir, config, exporter, opts),
             "family": family.name if family else None,
             "attention": attention,
-            "exporter": exporter,
-            "torch": torch.__version__,
-            "transformers": transformers.__version__,
         },
     )
     manifest.save(staging)
@@ -187,6 +192,90 @@ def _export_transformer(
         bidirectional=attention == "bidirectional",
     )
     return manifest.with_changes(parity=figures)
+
+
+def _export_rerank(source: str, model_dir: Path, staging: Path, opts: ExportOptions) -> Manifest:
+    import torch
+    import transformers
+
+    from slimembed_export.graph import export_rerank_graph
+    from slimembed_export.verify import check_rerank_parity
+
+    if opts.precision != "fp32":
+        raise ExportError(f"precision {opts.precision!r} is not available for rerank graphs yet")
+    config = read_config(model_dir)
+    if not is_decoder(config):
+        raise ExportError(
+            f"{source} is not a causal LM ({config.get('model_type')!r}); --task rerank scores "
+            "tokens with a decoder's LM head"
+        )
+    _check_remote_code(config, source, opts.trust_remote_code)
+    tokenizer = _fast_tokenizer(source, model_dir, opts)
+    lm = transformers.AutoModelForCausalLM.from_pretrained(
+        model_dir, dtype=torch.float32, trust_remote_code=opts.trust_remote_code
+    ).eval()
+    template = opts.rerank_template or SGPT_RERANK_TEMPLATE
+    if "{document}" not in template:
+        raise ExportError(f"rerank template {template!r} has no {{document}}")
+    pad_id = _pad_id(tokenizer)
+    exporter = export_rerank_graph(
+        lm, staging / "model.onnx", pad_id, external_data=opts.external_data
+    )
+    (staging / "tokenizer.json").write_text(tokenizer.backend_tokenizer.to_str(), encoding="utf-8")
+    manifest = Manifest(
+        dim=int(config.get("hidden_size") or config.get("n_embd") or lm.config.hidden_size),
+        pooling="last_token",
+        normalize=False,
+        max_length=_max_length(opts, None, None, tokenizer, config),
+        padding_side=opts.padding_side or "left",
+        pad_id=int(pad_id),
+        add_special_tokens=False,
+        graph_inputs=RERANK_INPUTS,
+        graph_output="token_logprobs",
+        task="rerank",
+        rerank_template=template,
+        source=_source_info(source, model_dir, config, exporter, opts),
+    )
+    manifest.save(staging)
+    figures = check_rerank_parity(staging, manifest, lm, tokenizer, opts.max_score_diff)
+    return manifest.with_changes(parity=figures)
+
+
+def _fast_tokenizer(source: str, model_dir: Path, opts: ExportOptions) -> Any:
+    import transformers
+
+    tokenizer = transformers.AutoTokenizer.from_pretrained(
+        model_dir, trust_remote_code=opts.trust_remote_code
+    )
+    if not tokenizer.is_fast:
+        raise ExportError(f"{source} has no fast tokenizer (tokenizer.json); slimembed needs one")
+    return tokenizer
+
+
+def _pad_id(tokenizer: Any) -> int:
+    """The tokenizer's pad id, else its EOS (decoders rarely have a pad token), else 0."""
+    for candidate in (tokenizer.pad_token_id, tokenizer.eos_token_id):
+        if candidate is not None:
+            return int(candidate)
+    return 0
+
+
+def _source_info(
+    source: str, model_dir: Path, config: dict[str, Any], exporter: str, opts: ExportOptions
+) -> dict[str, Any]:
+    """Where a transformer export came from, for the manifest's ``source``."""
+    import torch
+    import transformers
+
+    return {
+        "id": source,
+        "revision": opts.revision or _snapshot_revision(model_dir),
+        "architecture": (config.get("architectures") or [config.get("model_type")])[0],
+        "model_type": config.get("model_type"),
+        "exporter": exporter,
+        "torch": torch.__version__,
+        "transformers": transformers.__version__,
+    }
 
 
 def _check_remote_code(config: dict[str, Any], source: str, trust: bool) -> None:

@@ -207,3 +207,60 @@ def _cosines(a: np.ndarray, b: np.ndarray) -> np.ndarray:
     cos = (a64 * b64).sum(1) / np.maximum(na * nb, 1e-30)
     cos[(na == 0) & (nb == 0)] = 1.0
     return cos
+
+
+def sgpt_score(
+    lm: Any, tokenizer: Any, template: str, query: str, document: str, max_length: int | None
+) -> float:
+    """One pair's score by SGPT's formula (crossencoder/beir/sgptce.py), unpadded: the sum of
+    the query tokens' log-probabilities after the prompt holding the document."""
+    import torch
+
+    head = template.partition("{document}")[0]
+    keep = len(tokenizer(head, add_special_tokens=False)["input_ids"])
+    context = tokenizer(template.replace("{document}", document), add_special_tokens=False)
+    query_ids = tokenizer(query, add_special_tokens=False)["input_ids"]
+    ctx = list(context["input_ids"])
+    tail = ctx[keep:] + list(query_ids)
+    if max_length is not None:
+        tail = tail[-(max_length + 1 - keep) :]
+    inputs = (ctx[:keep] + tail)[:-1]
+    with torch.no_grad():
+        logits = lm(input_ids=torch.tensor([inputs])).logits[0].double()
+    logprobs = torch.log_softmax(logits[len(inputs) - len(query_ids) :], dim=-1)
+    picked = logprobs.gather(-1, torch.tensor(query_ids)[:, None])
+    return float(picked.sum())
+
+
+def check_rerank_parity(
+    model_dir: Path, manifest: Manifest, lm: Any, tokenizer: Any, max_diff: float
+) -> dict[str, Any]:
+    """Scores of probe pairs from the exported reranker, batched and one pair at a time,
+    against ``sgpt_score`` on the PyTorch model; raise past ``max_diff``."""
+    from slimembed.rerank import TextCrossEncoder
+
+    assert manifest.rerank_template is not None
+    queries = [t for t in PROBE_TEXTS if t.strip()][:6]
+    pairs = [(q, d) for q in queries for d in PROBE_TEXTS[::2]]
+    want = np.array(
+        [
+            sgpt_score(lm, tokenizer, manifest.rerank_template, q, d, manifest.max_length)
+            for q, d in pairs
+        ]
+    )
+    reranker = TextCrossEncoder(model_dir)
+    batched = np.array(list(reranker.rerank_pairs(pairs, batch_size=len(pairs))))
+    single = np.array(list(reranker.rerank_pairs(pairs, batch_size=1)))
+    figures = {
+        "probe_pairs": len(pairs),
+        "batch_max_abs_diff": float(np.abs(batched - want).max()),
+        "single_max_abs_diff": float(np.abs(single - want).max()),
+        "padding_side": manifest.padding_side,
+    }
+    worst = max(figures["batch_max_abs_diff"], figures["single_max_abs_diff"])
+    if not worst <= max_diff:
+        raise ExportError(
+            f"rerank graph does not match the PyTorch model: max |score diff| {worst:.2e} > "
+            f"{max_diff} (figures: {figures})"
+        )
+    return figures

@@ -14,6 +14,7 @@ from slimembed.errors import (
 )
 from slimembed.manifest import Manifest, Prompt
 from slimembed.registry import ModelSpec
+from slimembed.rerank import TextCrossEncoder, retrieve_then_rerank
 from slimembed.text_embedding import TextEmbedding
 
 __all__ = [
@@ -24,7 +25,9 @@ __all__ = [
     "Prompt",
     "ProviderError",
     "SlimembedError",
+    "TextCrossEncoder",
     "TextEmbedding",
     "UnknownModelError",
+    "retrieve_then_rerank",
 ]
 __version__ = "0.1.0"

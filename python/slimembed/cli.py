@@ -138,6 +138,18 @@ def embed(
     show_default=True,
     help="Weights precision (fp16/int8: static tables so far).",
 )
+@click.option(
+    "--task",
+    type=click.Choice(["embed", "rerank"]),
+    default="embed",
+    show_default=True,
+    help="rerank: a causal LM scoring (query, document) pairs by log-probability (SGPT).",
+)
+@click.option(
+    "--rerank-template",
+    default=None,
+    help="rerank: the prompt before the query, with {document} (default: SGPT's).",
+)
 @click.option("--revision", default=None, help="Hub revision to pin.")
 @click.option(
     "--trust-remote-code", is_flag=True, help="Allow the source's own Python code to run."
@@ -217,6 +229,26 @@ def distill(
         f"distilled {model_dir} -> {out_dir}: {manifest.source['vocabulary']} tokens x "
         f"{manifest.dim} dims ({precision}), PCA keeps {kept:.1%} of the variance"
     )
+
+
+@main.command()
+@click.argument("query")
+@click.argument("documents", nargs=-1, required=True)
+@click.option("-m", "--model", "model", required=True, help="A model exported with --task rerank.")
+@click.option("--mean", is_flag=True, help="Divide each score by the query's token count.")
+@click.option("--threads", type=int, default=None, help="ONNX Runtime intra-op threads.")
+def rerank(
+    query: str, documents: tuple[str, ...], model: str, mean: bool, threads: int | None
+) -> None:
+    """Score DOCUMENTS for QUERY with a reranker; print them best first."""
+    from slimembed.rerank import TextCrossEncoder
+
+    try:
+        scores = list(TextCrossEncoder(model, threads=threads).rerank(query, documents, mean=mean))
+    except (SlimembedError, ValueError) as err:
+        raise click.ClickException(str(err)) from err
+    for index in sorted(range(len(documents)), key=lambda i: -scores[i]):
+        click.echo(f"{scores[index]:+10.4f}  [{index}] {documents[index][:70]!r}")
 
 
 @main.command()

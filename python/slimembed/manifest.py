@@ -24,6 +24,16 @@ PRECISIONS = ("fp32", "fp16", "int8")
 KINDS = ("transformer", "static")
 # Graph inputs the runtime knows how to feed; every graph needs the first two.
 GRAPH_INPUTS = ("input_ids", "attention_mask", "token_type_ids", "position_ids")
+# embed: hidden states to pool; rerank: a causal LM's log-probabilities of chosen tokens.
+TASKS = ("embed", "rerank")
+# A rerank graph's extra inputs: which positions to score and the tokens expected there.
+RERANK_INPUTS = ("input_ids", "attention_mask", "target_positions", "target_ids")
+# SGPT's cross-encoder prompt (github.com/Muennighoff/sgpt, crossencoder/beir/sgptce.py); the
+# query's tokens follow it and are scored.
+SGPT_RERANK_TEMPLATE = (
+    "Documents are searched to find matches with the same content.\n"
+    'The document "{document}" is a good search result for "'
+)
 
 
 @dataclass(frozen=True)
@@ -75,6 +85,9 @@ class Manifest:
     matryoshka_dims: tuple[int, ...] = ()
     query: Prompt = field(default_factory=Prompt)
     document: Prompt = field(default_factory=Prompt)
+    task: str = "embed"
+    # rerank: the text before the query; {document} marks where the document goes.
+    rerank_template: str | None = None
     source: dict[str, Any] = field(default_factory=dict)
     parity: dict[str, Any] = field(default_factory=dict)
 
@@ -92,13 +105,28 @@ class Manifest:
             self.max_length,
             "a positive integer or null",
         )
-        _check(
-            {"input_ids", "attention_mask"} <= set(self.graph_inputs)
-            and set(self.graph_inputs) <= set(GRAPH_INPUTS),
-            "graph_inputs",
-            self.graph_inputs,
-            f"input_ids and attention_mask, optionally {GRAPH_INPUTS[2:]}",
-        )
+        _check(self.task in TASKS, "task", self.task, f"one of {TASKS}")
+        if self.task == "rerank":
+            _check(
+                set(self.graph_inputs) == set(RERANK_INPUTS),
+                "graph_inputs",
+                self.graph_inputs,
+                f"{RERANK_INPUTS} for a rerank graph",
+            )
+            _check(
+                self.rerank_template is not None and "{document}" in self.rerank_template,
+                "rerank_template",
+                self.rerank_template,
+                "a template with {document}",
+            )
+        else:
+            _check(
+                {"input_ids", "attention_mask"} <= set(self.graph_inputs)
+                and set(self.graph_inputs) <= set(GRAPH_INPUTS),
+                "graph_inputs",
+                self.graph_inputs,
+                f"input_ids and attention_mask, optionally {GRAPH_INPUTS[2:]}",
+            )
         _check(
             all(0 < d <= self.dim for d in self.matryoshka_dims),
             "matryoshka_dims",

@@ -84,7 +84,8 @@ def create_session(
 
 
 def check_graph(session: ort.InferenceSession, manifest: Manifest, path: Path) -> None:
-    """The graph takes the manifest's int64 inputs and gives a float32 (batch, seq, dim) output."""
+    """The graph takes the manifest's int64 inputs and gives a float32 (batch, seq, dim) output
+    (an embedder) or (batch, targets) log-probabilities (a reranker)."""
     inputs = {i.name: i for i in session.get_inputs()}
     if set(inputs) != set(manifest.graph_inputs):
         raise ModelFileError(
@@ -100,12 +101,13 @@ def check_graph(session: ort.InferenceSession, manifest: Manifest, path: Path) -
         raise ModelFileError(
             f"{path}: no output {manifest.graph_output!r} (outputs: {sorted(outputs)})"
         )
-    if out.type != "tensor(float)" or len(out.shape) != 3:
+    rank, shape = (2, "(batch, targets)") if manifest.task == "rerank" else (3, "(batch, seq, dim)")
+    if out.type != "tensor(float)" or len(out.shape) != rank:
         raise ModelFileError(
             f"{path}: output {out.name!r} is {out.type} of rank {len(out.shape)}; the contract "
-            "says float32 (batch, seq, dim)"
+            f"says float32 {shape}"
         )
-    if isinstance(out.shape[2], int) and out.shape[2] != manifest.dim:
+    if rank == 3 and isinstance(out.shape[2], int) and out.shape[2] != manifest.dim:
         raise ModelFileError(
             f"{path}: output dim {out.shape[2]} but the manifest says {manifest.dim}"
         )

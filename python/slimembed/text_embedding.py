@@ -84,6 +84,10 @@ class TextEmbedding:
             local_files_only=local_files_only,
         )
         self.manifest = Manifest.load(self.model_dir)
+        if self.manifest.task != "embed":
+            raise ModelFileError(
+                f"{self.model_dir} is a {self.manifest.task} model: load it with TextCrossEncoder"
+            )
         self.threads = env.default_threads() if threads is None else threads
         self.max_tokens = max_tokens
         self._session_args: dict[str, Any] = {
