@@ -14,7 +14,6 @@ process of its own.
 from __future__ import annotations
 
 import json
-import resource
 import subprocess
 import sys
 from pathlib import Path
@@ -24,6 +23,7 @@ import click
 import numpy as np
 
 from benchmarks.datasets import scifact, sts
+from benchmarks.probe import peak_rss_mib
 from benchmarks.timing import interleaved, machine, ratio, summary
 from slimembed.manifest import SGPT_RERANK_TEMPLATE
 
@@ -172,7 +172,7 @@ def main(
             model = transformers.AutoModelForCausalLM.from_pretrained(source).eval()
             tokenizer = transformers.AutoTokenizer.from_pretrained(source)
             sgpt_scores(model, tokenizer, pairs, batch_size, max_length)
-        print(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024)
+        print(peak_rss_mib())
         return
     build_model(source)
     if not (exported / "slimembed.json").is_file():
@@ -188,7 +188,7 @@ def main(
         cmd += ["--pairs", str(n_pairs), "--batch-size", str(batch_size)]
         cmd += ["--threads", str(threads), "--max-length", str(max_length), "--memory-of", name]
         out = subprocess.run(cmd, check=True, capture_output=True, text=True).stdout
-        memory[name] = int(out.strip().splitlines()[-1])
+        memory[name] = float(out.strip().splitlines()[-1])
     report = {
         "machine": machine(),
         "model": "random GPT-2-small shape (124M parameters, vocab 50,257), BPE 8k tokenizer",
@@ -199,7 +199,7 @@ def main(
         "pairs_per_s": {name: summary(t, len(pairs)) for name, t in times.items()},
         "speedup": ratio(times["slimembed"], times["pytorch"]),
         "max_abs_score_diff": float(np.abs(scores["slimembed"] - scores["pytorch"]).max()),
-        "peak_rss_gib": {name: round(v / 2**30, 3) for name, v in memory.items()},
+        "peak_rss_mib": {name: round(v) for name, v in memory.items()},
     }
     click.echo(json.dumps(report, indent=2))
 
