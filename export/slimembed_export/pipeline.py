@@ -17,6 +17,7 @@ from typing import Any
 from slimembed import hub, registry
 from slimembed.manifest import (
     MANIFEST_FILE,
+    PRECISIONS,
     RERANK_INPUTS,
     SGPT_RERANK_TEMPLATE,
     Manifest,
@@ -49,7 +50,8 @@ class ExportOptions:
     trust_remote_code: bool = False
     # None: external data only past protobuf's 2 GB limit.
     external_data: bool | None = None
-    # fp32 for every model; fp16 and int8 (per-row scales) for static tables so far.
+    # Static tables: one of fp32, fp16, int8 (per-row scales). Transformers: the fp32 graph
+    # plus, comma-separated, int8 and/or fp16 graphs beside it ("int8", "int8,fp16").
     precision: str = "fp32"
     min_cosine: float = MIN_COSINE
     # "embed", or "rerank": a causal LM scoring (query, document) pairs (SGPT cross-encoder).
@@ -124,10 +126,7 @@ def _export_transformer(
     from slimembed_export.graph import export_graph
     from slimembed_export.verify import check_parity
 
-    if opts.precision != "fp32":
-        raise ExportError(
-            f"precision {opts.precision!r} is not available for transformer models yet (fp32 only)"
-        )
+    precisions = _precisions(opts.precision)
     config = read_config(model_dir)
     decoder = is_decoder(config)
     st = read_sentence_transformers(model_dir)
@@ -191,7 +190,41 @@ def _export_transformer(
         opts.min_cosine,
         bidirectional=attention == "bidirectional",
     )
-    return manifest.with_changes(parity=figures)
+    manifest = manifest.with_changes(parity=figures)
+    if set(precisions) - {"fp32"}:
+        from slimembed_export.quantize import add_variants
+
+        manifest = add_variants(staging, manifest, precisions, _command(source, opts))
+    return manifest
+
+
+def _precisions(precision: str) -> tuple[str, ...]:
+    """``"int8,fp16"`` -> ("int8", "fp16"), each checked."""
+    chosen = tuple(dict.fromkeys(p.strip() for p in precision.split(",") if p.strip()))
+    unknown = [p for p in chosen if p not in PRECISIONS]
+    if unknown or not chosen:
+        raise ExportError(f"precision {precision!r}: expected some of {PRECISIONS}")
+    return chosen
+
+
+def _command(source: str, opts: ExportOptions) -> str:
+    """The export command line that gives these options (OUT_DIR left symbolic)."""
+    import shlex
+
+    flags = []
+    for f in dataclasses.fields(opts):
+        value = getattr(opts, f.name)
+        if value == f.default:
+            continue
+        flag = "--" + f.name.replace("_", "-")
+        if f.name == "precision":
+            for precision in _precisions(value):
+                flags += [flag, precision]
+        elif isinstance(value, bool):
+            flags.append(flag if value else "--no-" + f.name.replace("_", "-"))
+        else:
+            flags += [flag, str(value)]
+    return shlex.join(["slimembed", "export", source, "OUT_DIR", *flags])
 
 
 def _export_rerank(source: str, model_dir: Path, staging: Path, opts: ExportOptions) -> Manifest:

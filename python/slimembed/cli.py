@@ -134,9 +134,13 @@ def embed(
 @click.option(
     "--precision",
     type=click.Choice(["fp32", "fp16", "int8"]),
-    default="fp32",
+    multiple=True,
+    default=("fp32",),
     show_default=True,
-    help="Weights precision (fp16/int8: static tables so far).",
+    # ExportOptions takes them comma-separated.
+    callback=lambda _ctx, _param, value: ",".join(value),
+    help="Static tables: the table's precision. Transformers: int8 and/or fp16 graphs written "
+    "beside the fp32 one, with their fidelity in the manifest (repeat for several).",
 )
 @click.option(
     "--task",

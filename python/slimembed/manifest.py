@@ -63,6 +63,18 @@ class Prompt:
 
 
 @dataclass(frozen=True)
+class GraphVariant:
+    """The same graph in another precision, beside the main one (``export --precision``).
+
+    ``fidelity`` holds what export measured against the main graph: cosine on a probe set
+    (mean, min), the batch-invariance check, the file's size and the command that made it.
+    """
+
+    graph_file: str
+    fidelity: dict[str, Any] = field(default_factory=dict)
+
+
+@dataclass(frozen=True)
 class Manifest:
     """Everything the runtime needs to reproduce the source model's embeddings."""
 
@@ -90,8 +102,16 @@ class Manifest:
     rerank_template: str | None = None
     source: dict[str, Any] = field(default_factory=dict)
     parity: dict[str, Any] = field(default_factory=dict)
+    # Other precisions of ``graph_file`` in the directory, by precision ("int8", "fp16").
+    variants: dict[str, GraphVariant] = field(default_factory=dict)
 
     def __post_init__(self) -> None:
+        _check(
+            set(self.variants) <= set(PRECISIONS) and self.precision not in self.variants,
+            "variants",
+            sorted(self.variants),
+            f"precisions among {PRECISIONS} other than the main graph's {self.precision!r}",
+        )
         _check(self.kind in KINDS, "kind", self.kind, f"one of {KINDS}")
         _check(self.pooling in POOLING_MODES, "pooling", self.pooling, f"one of {POOLING_MODES}")
         _check(
@@ -189,6 +209,10 @@ class Manifest:
                     for ids in ("prefix_ids", "suffix_ids"):
                         prompt[ids] = tuple(int(i) for i in prompt.get(ids, ()))
                     body[name] = Prompt(**prompt)
+            if "variants" in body:
+                body["variants"] = {
+                    str(k): GraphVariant(**v) for k, v in dict(body["variants"]).items()
+                }
             for name in ("graph_inputs", "matryoshka_dims"):
                 if name in body:
                     body[name] = tuple(body[name])

@@ -48,6 +48,31 @@ def choose_providers(
     return [(p, {"device_id": str(device_id)}) if p == CUDA else p for p in chosen]
 
 
+def choose_precision(
+    manifest: Manifest,
+    precision: str | None = None,
+    providers: Sequence[str] | None = None,
+    cuda: bool = False,
+) -> tuple[str, str | None]:
+    """The precision to run and its graph file: as asked, else INT8 on CPU and FP16 on CUDA
+    where the directory holds them, else the main graph.
+
+    Raises ValueError for a precision the directory does not hold.
+    """
+    graphs = {manifest.precision: manifest.graph_file}
+    graphs.update({name: v.graph_file for name, v in manifest.variants.items()})
+    if precision is None:
+        on_cuda = cuda or CUDA in (providers or ())
+        preferred = "fp16" if on_cuda else "int8"
+        precision = preferred if preferred in graphs else manifest.precision
+    if precision not in graphs:
+        raise ValueError(
+            f"precision {precision!r} is not in this model directory (it holds "
+            f"{sorted(graphs)}); export it with `slimembed export ... --precision {precision}`"
+        )
+    return precision, graphs[precision]
+
+
 def create_session(
     model_dir: Path,
     manifest: Manifest,
@@ -55,11 +80,14 @@ def create_session(
     cuda: bool = False,
     device_id: int = 0,
     threads: int | None = None,
+    graph_file: str | None = None,
 ) -> ort.InferenceSession:
-    """Load the manifest's graph with the chosen providers and check it keeps the contract."""
-    if manifest.graph_file is None:
+    """Load the manifest's graph (or ``graph_file``, one of its variants) with the chosen
+    providers and check it keeps the contract."""
+    graph_file = graph_file or manifest.graph_file
+    if graph_file is None:
         raise ModelFileError(f"{model_dir}: the manifest names no graph file")
-    path = model_dir / manifest.graph_file
+    path = model_dir / graph_file
     if not path.is_file():
         raise ModelFileError(f"{path} not found: the manifest names it as the model graph")
     chosen = choose_providers(providers, cuda, device_id)

@@ -25,7 +25,7 @@ from slimembed import _core, env, hub, registry
 from slimembed.batching import plan_batches
 from slimembed.errors import ModelFileError, ProviderError
 from slimembed.manifest import Manifest, Prompt
-from slimembed.session import create_session
+from slimembed.session import choose_precision, create_session
 
 DEFAULT_BATCH_SIZE = 256
 DEFAULT_MAX_TOKENS = 8192
@@ -57,6 +57,9 @@ class TextEmbedding:
         revision: hub revision (branch, tag or commit) to pin.
         local_files_only: never download; use the cache only.
         max_tokens: padded tokens per batch at most (bounds memory for long texts).
+        precision: which graph of the directory to run (``"fp32"``, ``"int8"``, ``"fp16"``);
+            default: INT8 on CPU and FP16 on CUDA where the directory holds them, else its
+            main graph. ``self.precision`` says which one runs.
     """
 
     def __init__(
@@ -71,6 +74,7 @@ class TextEmbedding:
         revision: str | None = None,
         local_files_only: bool = False,
         max_tokens: int = DEFAULT_MAX_TOKENS,
+        precision: str | None = None,
     ) -> None:
         if max_tokens < 1:
             raise ValueError(f"max_tokens must be >= 1, got {max_tokens}")
@@ -97,6 +101,17 @@ class TextEmbedding:
             "threads": self.threads,
         }
         m = self.manifest
+        if m.kind == "static":
+            if precision not in (None, m.precision):
+                raise ValueError(
+                    f"{self.model_name} is a static {m.precision} table; precision={precision!r} "
+                    "is not available"
+                )
+            self.precision = m.precision
+        else:
+            self.precision, self._session_args["graph_file"] = choose_precision(
+                m, precision, providers, cuda
+            )
         tokenizer_path = self.model_dir / m.tokenizer_file
         self._tokenizer = _native(_core.Tokenizer, tokenizer_path)
         self._static: _core.StaticModel | None = None

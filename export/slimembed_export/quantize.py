@@ -1,0 +1,395 @@
+"""Quantized copies of an exported FP32 graph: INT8 for CPU, FP16 for CUDA.
+
+INT8 recipe, kept because it measured best (benchmarks/RESULTS.md, "INT8 and FP16"):
+- every MatMul whose right side is a weight matrix gets int8 weights with one scale per
+  output column (symmetric), and int8 activations with one scale **per token** (per row of the
+  flattened ``(batch * seq, dim)`` input), computed in the graph from that row alone. A text's
+  vector therefore never depends on what it is batched with, and no calibration set is needed.
+  ONNX's DynamicQuantizeLinear is per tensor (its scale depends on the whole batch), so the
+  per-row variant is spelled out: ReduceMax/ReduceMin -> scale -> per-axis QuantizeLinear ->
+  MatMulInteger -> Cast -> Mul by both scales;
+- activations are asymmetric uint8 (a zero point per row): GELU outputs are nearly all
+  positive, and a symmetric range would waste half of the 8 bits on them. MatMulInteger in ONNX
+  Runtime takes only a scalar zero point for A, so the per-row zero point is subtracted after the
+  integer product: ``scale_row * scale_col * (acc - zp_row * colsum(W_q))``;
+- attention products (Q K^T, softmax V), norms, softmax and everything outside those MatMuls stay
+  float32; the graph keeps int64 inputs and a float32 output.
+
+FP16: onnxruntime's float16 converter with float32 inputs/outputs kept and norms, softmax,
+reductions and the mask arithmetic on a block list (they stay float32).
+"""
+
+from __future__ import annotations
+
+import random
+from collections.abc import Collection, Sequence
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from slimembed import TextEmbedding
+from slimembed.manifest import GraphVariant, Manifest
+from slimembed_export.errors import ExportError
+from slimembed_export.verify import PROBE_TEXTS, _cosines
+
+# Graphs whose tensors exceed this many bytes are saved with external data (protobuf's 2 GB cap).
+EXTERNAL_DATA_BYTES = 1_800_000_000
+PRECISION_FILES = {"int8": "model.int8.onnx", "fp16": "model.fp16.onnx"}
+# A quantized graph whose vectors move with the batch they are in is broken, not imprecise.
+MIN_BATCH_INVARIANCE = 0.9999
+CALIBRATION_TEXTS = 128
+# SmoothQuant's migration strength (0.5 measured best on all-MiniLM-L6-v2; 0.3-0.7 tried).
+SMOOTH_ALPHA = 0.5
+# FP16: ops that stay float32 (norms, softmax, reductions, positions and the mask guard).
+FP16_KEEP_FP32 = (
+    "LayerNormalization",
+    "SimplifiedLayerNormalization",
+    "SkipLayerNormalization",
+    "SkipSimplifiedLayerNormalization",
+    "Softmax",
+    "ReduceMean",
+    "ReduceSum",
+    "ReduceMax",
+    "ReduceMin",
+    "Pow",
+    "Sqrt",
+    "Reciprocal",
+    "CumSum",
+    "Range",
+    "IsNaN",
+    "Where",
+    "Cos",
+    "Sin",
+)
+
+
+def _fidelity_texts() -> tuple[str, ...]:
+    """64 texts of mixed length built from the export probe texts (never from evaluation
+    data): each probe text, pairs of them, and the long one cut at several lengths."""
+    probe = [t for t in PROBE_TEXTS if len(t) < 200]
+    long_words = max(PROBE_TEXTS, key=len).split()
+    texts = list(probe)
+    texts += [f"{a} {b}" for a in probe for b in reversed(probe)][: 64 - len(probe) - 16]
+    texts += [" ".join(long_words[: 8 + 12 * i]) for i in range(16)]
+    return tuple(texts)
+
+
+FIDELITY_TEXTS = _fidelity_texts()
+
+
+def _weight_matmuls(graph: Any, inits: dict[str, Any]) -> list[Any]:
+    return [
+        node
+        for node in graph.node
+        if node.op_type == "MatMul"
+        and node.input[1] in inits
+        and len(inits[node.input[1]].dims) == 2
+    ]
+
+
+def quantize_int8(
+    source: Path,
+    target: Path,
+    keep_fp32: Collection[str] = (),
+    channel_max: dict[str, np.ndarray] | None = None,
+    alpha: float = 0.5,
+) -> dict[str, Any]:
+    """Write ``target``: ``source`` with its weight MatMuls in INT8 (per-token activations,
+    per-column weights), except the nodes named in ``keep_fp32``. Returns what was done.
+
+    ``channel_max`` (input tensor name -> max |x| per channel on calibration text) turns on
+    SmoothQuant: the input is divided by ``s = max|x|^alpha / max|W|^(1 - alpha)`` per channel
+    (one Mul, shared by the MatMuls reading it) and the weights' rows multiplied by ``s``.
+    """
+    import onnx
+    from onnx import TensorProto, helper, numpy_helper
+
+    model = onnx.load(str(source))
+    graph = model.graph
+    inits = {i.name: i for i in graph.initializer}
+    matmuls = _weight_matmuls(graph, inits)
+    consts: list[Any] = []
+
+    def const(name: str, array: np.ndarray) -> str:
+        consts.append(numpy_helper.from_array(array, name))
+        return name
+
+    one_axis = const("q8_axes_last", np.array([1], dtype=np.int64))
+    inv255 = const("q8_inv255", np.array(1 / 255, dtype=np.float32))
+    zero = const("q8_zero", np.array(0.0, dtype=np.float32))
+    eps = const("q8_eps", np.array(1e-12, dtype=np.float32))
+    minus_one = const("q8_minus_one", np.array([-1], dtype=np.int64))
+    start = const("q8_start", np.array([0], dtype=np.int64))
+
+    chosen = [n for n in matmuls if n.name not in keep_fp32]
+    weights = {
+        n.input[1]: numpy_helper.to_array(inits[n.input[1]]).astype(np.float32) for n in chosen
+    }
+    smoothed: dict[str, str] = {}
+    smooth_nodes: dict[str, Any] = {}
+    for x in sorted({n.input[0] for n in chosen} & set(channel_max or {})):
+        assert channel_max is not None
+        readers = [n for n in chosen if n.input[0] == x]
+        w_max = np.max([np.abs(weights[n.input[1]]).max(axis=1) for n in readers], axis=0)
+        scale = np.maximum(channel_max[x], 1e-5) ** alpha / np.maximum(w_max, 1e-5) ** (1 - alpha)
+        scale = np.clip(scale, 1e-2, 1e2).astype(np.float32)
+        for n in readers:
+            weights[n.input[1]] = weights[n.input[1]] * scale[:, None]
+        smoothed[x] = f"{x}_smoothed"
+        inverse = const(f"{x}_smooth_inv", (1 / scale).astype(np.float32))
+        smooth_nodes[readers[0].name] = helper.make_node("Mul", [x, inverse], [smoothed[x]])
+
+    replaced = []
+    new_nodes: dict[str, list[Any]] = {}
+    done_weights: dict[str, tuple[str, str, str]] = {}
+    for node in matmuls:
+        if node.name in keep_fp32:
+            continue
+        x, wname = node.input
+        x = smoothed.get(x, x)
+        out = node.output[0]
+        p = f"q8_{node.name}"
+        if wname not in done_weights:
+            w = weights[wname]
+            wscale = np.maximum(np.abs(w).max(axis=0), 1e-12) / 127.0
+            wq = np.clip(np.rint(w / wscale), -127, 127).astype(np.int8)
+            # Column sums of the dequantized weights, for the zero-point correction.
+            colsum = (wq.astype(np.float64) * wscale).sum(axis=0).astype(np.float32)
+            done_weights[wname] = (
+                const(f"{wname}_q8", wq),
+                const(f"{wname}_q8scale", wscale.astype(np.float32)),
+                const(f"{wname}_q8colsum", colsum),
+            )
+        wq_name, wscale_name, colsum_name = done_weights[wname]
+        k = inits[wname].dims[0]
+        n = inits[wname].dims[1]
+        flat_shape = const(f"{p}_flat", np.array([-1, k], dtype=np.int64))
+        n_dim = const(f"{p}_n", np.array([n], dtype=np.int64))
+        nodes = [
+            helper.make_node("Shape", [x], [f"{p}_xshape"]),
+            helper.make_node("Reshape", [x, flat_shape], [f"{p}_x2"]),
+            helper.make_node("ReduceMax", [f"{p}_x2", one_axis], [f"{p}_max"], keepdims=0),
+            helper.make_node("ReduceMin", [f"{p}_x2", one_axis], [f"{p}_min"], keepdims=0),
+            # The row's range always includes 0, so 0 is exact and the zero point in [0, 255].
+            helper.make_node("Max", [f"{p}_max", zero], [f"{p}_hi"]),
+            helper.make_node("Min", [f"{p}_min", zero], [f"{p}_lo"]),
+            helper.make_node("Sub", [f"{p}_hi", f"{p}_lo"], [f"{p}_range"]),
+            helper.make_node("Max", [f"{p}_range", eps], [f"{p}_range1"]),
+            helper.make_node("Mul", [f"{p}_range1", inv255], [f"{p}_scale"]),
+            helper.make_node("Div", [f"{p}_lo", f"{p}_scale"], [f"{p}_lo_q"]),
+            helper.make_node("Neg", [f"{p}_lo_q"], [f"{p}_zpf0"]),
+            helper.make_node("Round", [f"{p}_zpf0"], [f"{p}_zpf"]),
+            helper.make_node("Cast", [f"{p}_zpf"], [f"{p}_zp"], to=TensorProto.UINT8),
+            helper.make_node(
+                "QuantizeLinear", [f"{p}_x2", f"{p}_scale", f"{p}_zp"], [f"{p}_q"], axis=0
+            ),
+            helper.make_node("MatMulInteger", [f"{p}_q", wq_name], [f"{p}_acc"]),
+            helper.make_node("DequantizeLinear", [f"{p}_acc", wscale_name], [f"{p}_y0"], axis=1),
+            # (q - zp_row) W = q W - zp_row * colsum(W): MatMulInteger takes one zero point for A.
+            helper.make_node("Unsqueeze", [f"{p}_zpf", one_axis], [f"{p}_zpcol"]),
+            helper.make_node("Mul", [f"{p}_zpcol", colsum_name], [f"{p}_corr"]),
+            helper.make_node("Sub", [f"{p}_y0", f"{p}_corr"], [f"{p}_y1"]),
+            helper.make_node("Unsqueeze", [f"{p}_scale", one_axis], [f"{p}_rowscale"]),
+            helper.make_node("Mul", [f"{p}_y1", f"{p}_rowscale"], [f"{p}_y2"]),
+            helper.make_node("Slice", [f"{p}_xshape", start, minus_one], [f"{p}_lead"]),
+            helper.make_node("Concat", [f"{p}_lead", n_dim], [f"{p}_outshape"], axis=0),
+            helper.make_node("Reshape", [f"{p}_y2", f"{p}_outshape"], [out]),
+        ]
+        if node.name in smooth_nodes:
+            nodes.insert(0, smooth_nodes[node.name])
+        new_nodes[node.name] = nodes
+        replaced.append(node.name)
+
+    rebuilt = []
+    for node in graph.node:
+        rebuilt.extend(new_nodes.get(node.name, [node]))
+    del graph.node[:]
+    graph.node.extend(rebuilt)
+    used = {i for node in graph.node for i in node.input}
+    kept = [i for i in graph.initializer if i.name in used]
+    del graph.initializer[:]
+    graph.initializer.extend(kept + consts)
+    _save(model, target)
+    return {"int8_matmuls": len(replaced), "fp32_matmuls": len(matmuls) - len(replaced)}
+
+
+def _save(model: Any, target: Path) -> None:
+    import onnx
+
+    size = sum(len(i.raw_data) for i in model.graph.initializer)
+    data = target.name + ".data"
+    (target.parent / data).unlink(missing_ok=True)
+    if size > EXTERNAL_DATA_BYTES:
+        onnx.save(model, str(target), save_as_external_data=True, location=data)
+    else:
+        onnx.save(model, str(target))
+
+
+def convert_fp16(source: Path, target: Path) -> dict[str, Any]:
+    """Write ``target``: ``source`` in float16 with float32 inputs/outputs kept and the ops of
+    FP16_KEEP_FP32 left in float32 (casts inserted around them)."""
+    import onnx
+    from onnxruntime.transformers.float16 import convert_float_to_float16
+
+    model = onnx.load(str(source))
+    converted = convert_float_to_float16(
+        model, keep_io_types=True, op_block_list=list(FP16_KEEP_FP32), disable_shape_infer=True
+    )
+    _save(converted, target)
+    kinds = [n.op_type for n in converted.graph.node]
+    return {"fp32_ops": sorted(set(kinds) & set(FP16_KEEP_FP32)), "casts": kinds.count("Cast")}
+
+
+def measure_fidelity(
+    model_dir: Path, manifest: Manifest, precision: str, texts: Sequence[str] = FIDELITY_TEXTS
+) -> dict[str, Any]:
+    """Cosine of ``precision``'s vectors to the main graph's, each text alone against inside
+    one padded batch of all ``texts``, and the graph file's size."""
+    budget = 64 * (manifest.max_length or 512) * max(1, len(texts) // 64 + 1)
+    main = TextEmbedding(model_dir, precision=manifest.precision, max_tokens=budget)
+    other = TextEmbedding(model_dir, precision=precision, max_tokens=budget)
+    items = list(texts)
+    reference = main.encode(items, batch_size=len(items))
+    batched = other.encode(items, batch_size=len(items))
+    alone = other.encode(items, batch_size=1)
+    to_main = _cosines(reference, batched)
+    invariance = _cosines(alone, batched)
+    graph = manifest.variants[precision].graph_file
+    files = [model_dir / graph, model_dir / (graph + ".data")]
+    return {
+        "probe_texts": len(items),
+        f"cosine_to_{manifest.precision}_mean": float(to_main.mean()),
+        f"cosine_to_{manifest.precision}_min": float(to_main.min()),
+        "batch_invariance_min_cosine": float(invariance.min()),
+        "finite": bool(np.isfinite(batched).all() and np.isfinite(alone).all()),
+        "bytes": sum(f.stat().st_size for f in files if f.is_file()),
+    }
+
+
+def add_variants(
+    model_dir: Path,
+    manifest: Manifest,
+    precisions: Collection[str],
+    command: str,
+    keep_fp32: Collection[str] = (),
+) -> Manifest:
+    """Write the INT8 and/or FP16 graphs of the FP32 graph in ``model_dir``, measure each
+    against it, and return the manifest listing them with their figures.
+
+    Raises ExportError when a quantized graph gives non-finite vectors or is not
+    batch-invariant.
+    """
+    if manifest.precision != "fp32" or manifest.graph_file is None:
+        raise ExportError("quantized graphs are made from an fp32 graph")
+    source = model_dir / manifest.graph_file
+    variants = dict(manifest.variants)
+    for precision in precisions:
+        if precision == "fp32":
+            continue
+        target = model_dir / PRECISION_FILES[precision]
+        if precision == "int8":
+            ranges = calibrate(model_dir, manifest, matmul_inputs(source))
+            recipe = quantize_int8(source, target, keep_fp32, ranges, SMOOTH_ALPHA)
+            recipe["recipe"] = (
+                f"SmoothQuant (alpha {SMOOTH_ALPHA}, calibrated on {CALIBRATION_TEXTS} "
+                "pseudo-sentences of the tokenizer's vocabulary), per-token uint8 activations, "
+                "per-column int8 weights"
+            )
+        elif precision == "fp16":
+            recipe = convert_fp16(source, target)
+            recipe["recipe"] = "float16, norms/softmax/reductions in float32"
+        else:
+            raise ExportError(f"unknown precision {precision!r}")
+        variants[precision] = GraphVariant(target.name, {**recipe, "command": command})
+        manifest = manifest.with_changes(variants=dict(variants))
+        manifest.save(model_dir)  # the runtime reads the directory's manifest
+        figures = measure_fidelity(model_dir, manifest, precision)
+        if not figures["finite"] or figures["batch_invariance_min_cosine"] < MIN_BATCH_INVARIANCE:
+            raise ExportError(f"the {precision} graph fails its checks (figures: {figures})")
+        variants[precision] = GraphVariant(target.name, {**figures, **recipe, "command": command})
+        manifest = manifest.with_changes(variants=dict(variants))
+    return manifest
+
+
+def channel_max(
+    source: Path, tensors: Collection[str], feeds: list[dict[str, np.ndarray]]
+) -> dict[str, np.ndarray]:
+    """Max |x| per channel (last axis) of each named tensor of ``source`` over ``feeds``,
+    real tokens only (rows where the attention mask is 1)."""
+    import onnx
+    import onnxruntime as ort
+    from onnx import TensorProto, helper
+
+    model = onnx.load(str(source), load_external_data=False)
+    for name in tensors:
+        model.graph.output.append(helper.make_tensor_value_info(name, TensorProto.FLOAT, None))
+    # Saved beside the source, so that its external data (if any) resolves.
+    probe = source.with_name(source.stem + ".calibration.onnx")
+    onnx.save(model, str(probe))
+    try:
+        session = ort.InferenceSession(str(probe), providers=["CPUExecutionProvider"])
+    finally:
+        probe.unlink()
+    names = list(tensors)
+    found: dict[str, np.ndarray] = {}
+    for feed in feeds:
+        outs = session.run(names, feed)
+        real = feed["attention_mask"].reshape(-1).astype(bool)
+        for name, value in zip(names, outs, strict=True):
+            top = np.abs(value.reshape(real.shape[0], -1)[real]).max(axis=0)
+            found[name] = np.maximum(found[name], top) if name in found else top
+    return found
+
+
+def calibration_texts(tokenizer_file: Path, count: int = CALIBRATION_TEXTS) -> list[str]:
+    """Pseudo-sentences of whole words from the model's own vocabulary (seeded): calibration
+    that needs no data set, and shares no text with any evaluation."""
+    from tokenizers import Tokenizer
+
+    tokenizer = Tokenizer.from_file(str(tokenizer_file))
+    words = sorted(
+        {
+            word
+            for i in range(tokenizer.get_vocab_size())
+            if (word := tokenizer.decode([i]).strip()).isalpha() and len(word) > 2
+        }
+    )
+    if not words:
+        raise ExportError(f"{tokenizer_file}: no whole words in the vocabulary to calibrate on")
+    rng = random.Random(0)
+    return [" ".join(rng.choices(words, k=rng.randint(3, 60))) for _ in range(count)]
+
+
+def calibrate(
+    model_dir: Path, manifest: Manifest, tensors: Collection[str]
+) -> dict[str, np.ndarray]:
+    """Per-channel max |x| of ``tensors`` on the vocabulary calibration texts."""
+    runtime = TextEmbedding(model_dir, precision=manifest.precision)
+    encoded = runtime.tokenize(calibration_texts(model_dir / manifest.tokenizer_file))
+    feeds = []
+    rows = np.arange(len(encoded.lengths()))
+    for start in range(0, len(rows), 16):
+        ids, mask, _, positions = encoded.pad(
+            rows[start : start + 16],
+            padding_side=manifest.padding_side,
+            pad_id=manifest.pad_id,
+            positions="position_ids" in manifest.graph_inputs,
+        )
+        feed = {"input_ids": ids, "attention_mask": mask}
+        if "position_ids" in manifest.graph_inputs:
+            feed["position_ids"] = positions
+        if "token_type_ids" in manifest.graph_inputs:
+            feed["token_type_ids"] = np.zeros_like(ids)
+        feeds.append(feed)
+    assert manifest.graph_file is not None
+    return channel_max(model_dir / manifest.graph_file, tensors, feeds)
+
+
+def matmul_inputs(source: Path) -> list[str]:
+    """The activations that weight MatMuls of ``source`` read."""
+    import onnx
+
+    model = onnx.load(str(source), load_external_data=False)
+    inits = {i.name: i for i in model.graph.initializer}
+    return sorted({n.input[0] for n in _weight_matmuls(model.graph, inits)})
