@@ -1,17 +1,22 @@
 """Quantized copies of an exported FP32 graph: INT8 for CPU, FP16 for CUDA.
 
-INT8 recipe, kept because it measured best (benchmarks/RESULTS.md, "INT8 and FP16"):
-- every MatMul whose right side is a weight matrix gets int8 weights with one scale per
-  output column (symmetric), and int8 activations with one scale **per token** (per row of the
-  flattened ``(batch * seq, dim)`` input), computed in the graph from that row alone. A text's
-  vector therefore never depends on what it is batched with, and no calibration set is needed.
-  ONNX's DynamicQuantizeLinear is per tensor (its scale depends on the whole batch), so the
-  per-row variant is spelled out: ReduceMax/ReduceMin -> scale -> per-axis QuantizeLinear ->
-  MatMulInteger -> Cast -> Mul by both scales;
-- activations are asymmetric uint8 (a zero point per row): GELU outputs are nearly all
-  positive, and a symmetric range would waste half of the 8 bits on them. MatMulInteger in ONNX
-  Runtime takes only a scalar zero point for A, so the per-row zero point is subtracted after the
-  integer product: ``scale_row * scale_col * (acc - zp_row * colsum(W_q))``;
+INT8, the recipe that measured best (benchmarks/RESULTS.md, "INT8 and FP16"):
+- every MatMul whose right side is a weight matrix gets int8 weights with one scale per output
+  column, and uint8 activations with one scale **per token** (per row of the flattened
+  ``(batch * seq, dim)`` input) computed in the graph from that row alone, so a text's vector
+  never depends on what it is batched with. ONNX's DynamicQuantizeLinear (and ONNX Runtime's
+  dynamic quantization) take one scale per tensor, i.e. per batch; the per-row form is spelled
+  out: ReduceMax/ReduceMin -> scale -> per-axis QuantizeLinear -> MatMulIntegerToFloat (ONNX
+  Runtime's fused integer GEMM, column scales applied on output) -> Mul by the row scales;
+- the zero point is fixed per MatMul input (ONNX Runtime's integer GEMM takes a scalar one),
+  set from the input's typical row range on calibration text; the scale still fits each row's
+  own range, so nothing is ever clipped;
+- SmoothQuant (alpha 0.5) divides each input channel by ``max|x|^a / max|W|^(1-a)`` and
+  multiplies the weights' rows by it, moving activation outliers into the weights;
+- GELU outputs (the FFN down-projection's input, the most sensitive) are instead shifted by
+  0.17 (GELU >= -0.16997) so every row starts at 0 and uses all 256 levels; the shift's product
+  is folded into the bias;
+- calibration: 128 pseudo-sentences drawn from the tokenizer's own vocabulary (no data set);
 - attention products (Q K^T, softmax V), norms, softmax and everything outside those MatMuls stay
   float32; the graph keeps int64 inputs and a float32 output.
 
@@ -41,6 +46,8 @@ MIN_BATCH_INVARIANCE = 0.9999
 CALIBRATION_TEXTS = 128
 # SmoothQuant's migration strength (0.5 measured best on all-MiniLM-L6-v2; 0.3-0.7 tried).
 SMOOTH_ALPHA = 0.5
+# A bound on -GELU(x) (its minimum is -0.16997).
+GELU_SHIFT = 0.17
 # FP16: ops that stay float32 (norms, softmax, reductions, positions and the mask guard).
 FP16_KEEP_FP32 = (
     "LayerNormalization",
@@ -92,18 +99,19 @@ def quantize_int8(
     source: Path,
     target: Path,
     keep_fp32: Collection[str] = (),
-    channel_max: dict[str, np.ndarray] | None = None,
+    stats: dict[str, tuple[np.ndarray, np.ndarray]] | None = None,
     alpha: float = 0.5,
 ) -> dict[str, Any]:
     """Write ``target``: ``source`` with its weight MatMuls in INT8 (per-token activations,
     per-column weights), except the nodes named in ``keep_fp32``. Returns what was done.
 
-    ``channel_max`` (input tensor name -> max |x| per channel on calibration text) turns on
-    SmoothQuant: the input is divided by ``s = max|x|^alpha / max|W|^(1 - alpha)`` per channel
-    (one Mul, shared by the MatMuls reading it) and the weights' rows multiplied by ``s``.
+    ``stats`` (input tensor name -> (max |x| per channel, sample rows) on calibration text)
+    turns on SmoothQuant: the input is divided by ``s = max|x|^alpha / max|W|^(1 - alpha)`` per
+    channel (one Mul, shared by the MatMuls reading it) and the weights' rows multiplied by
+    ``s``; and sets each input's fixed zero point from its typical row range (128 without).
     """
     import onnx
-    from onnx import TensorProto, helper, numpy_helper
+    from onnx import helper, numpy_helper
 
     model = onnx.load(str(source))
     graph = model.graph
@@ -116,24 +124,39 @@ def quantize_int8(
         return name
 
     one_axis = const("q8_axes_last", np.array([1], dtype=np.int64))
-    inv255 = const("q8_inv255", np.array(1 / 255, dtype=np.float32))
-    zero = const("q8_zero", np.array(0.0, dtype=np.float32))
+    one = const("q8_one", _f32(1.0))
     eps = const("q8_eps", np.array(1e-12, dtype=np.float32))
     minus_one = const("q8_minus_one", np.array([-1], dtype=np.int64))
     start = const("q8_start", np.array([0], dtype=np.int64))
 
     chosen = [n for n in matmuls if n.name not in keep_fp32]
+    smoothed: dict[str, str] = {}
+    smooth_nodes: dict[str, Any] = {}
+    zero_points: dict[str, int] = {}
     weights = {
         n.input[1]: numpy_helper.to_array(inits[n.input[1]]).astype(np.float32) for n in chosen
     }
-    smoothed: dict[str, str] = {}
-    smooth_nodes: dict[str, Any] = {}
-    for x in sorted({n.input[0] for n in chosen} & set(channel_max or {})):
-        assert channel_max is not None
+    producers = {o: n.op_type for n in graph.node for o in n.output}
+    shifts: dict[str, float] = {}
+    for x in sorted({n.input[0] for n in chosen}):
         readers = [n for n in chosen if n.input[0] == x]
+        if producers.get(x) == "Gelu":
+            # GELU(x) >= -0.16997: shifted by GELU_SHIFT every row is >= 0 and takes all 256
+            # levels from 0 up (zero point 0); the shift's product is taken off the bias.
+            shifts[x] = GELU_SHIFT
+            zero_points[x] = 0
+            smoothed[x] = f"{x}_shifted"
+            smooth_nodes[readers[0].name] = helper.make_node(
+                "Add", [x, const(f"{x}_shift", _f32(GELU_SHIFT))], [smoothed[x]]
+            )
+            continue
+        if stats is None or x not in stats:
+            continue
+        top, rows = stats[x]
         w_max = np.max([np.abs(weights[n.input[1]]).max(axis=1) for n in readers], axis=0)
-        scale = np.maximum(channel_max[x], 1e-5) ** alpha / np.maximum(w_max, 1e-5) ** (1 - alpha)
+        scale = np.maximum(top, 1e-5) ** alpha / np.maximum(w_max, 1e-5) ** (1 - alpha)
         scale = np.clip(scale, 1e-2, 1e2).astype(np.float32)
+        zero_points[x] = _zero_point(rows / scale)
         for n in readers:
             weights[n.input[1]] = weights[n.input[1]] * scale[:, None]
         smoothed[x] = f"{x}_smoothed"
@@ -142,11 +165,12 @@ def quantize_int8(
 
     replaced = []
     new_nodes: dict[str, list[Any]] = {}
-    done_weights: dict[str, tuple[str, str, str]] = {}
+    done_weights: dict[str, tuple[str, str]] = {}
     for node in matmuls:
         if node.name in keep_fp32:
             continue
         x, wname = node.input
+        z = zero_points.get(x, 128)
         x = smoothed.get(x, x)
         out = node.output[0]
         p = f"q8_{node.name}"
@@ -154,14 +178,23 @@ def quantize_int8(
             w = weights[wname]
             wscale = np.maximum(np.abs(w).max(axis=0), 1e-12) / 127.0
             wq = np.clip(np.rint(w / wscale), -127, 127).astype(np.int8)
-            # Column sums of the dequantized weights, for the zero-point correction.
-            colsum = (wq.astype(np.float64) * wscale).sum(axis=0).astype(np.float32)
             done_weights[wname] = (
                 const(f"{wname}_q8", wq),
                 const(f"{wname}_q8scale", wscale.astype(np.float32)),
-                const(f"{wname}_q8colsum", colsum),
             )
-        wq_name, wscale_name, colsum_name = done_weights[wname]
+        wq_name, wscale_name = done_weights[wname]
+        correction = None
+        if node.input[0] in shifts:
+            wdeq = numpy_helper.to_array(next(c for c in consts if c.name == wq_name)).astype(
+                np.float64
+            ) * numpy_helper.to_array(next(c for c in consts if c.name == wscale_name))
+            correction = (shifts[node.input[0]] * wdeq.sum(axis=0)).astype(np.float32)
+            bias_add = _bias_add(graph, out, inits)
+            if bias_add is not None:  # folded into the bias the graph adds next
+                add, slot = bias_add
+                bias = numpy_helper.to_array(inits[add.input[slot]]).astype(np.float32)
+                add.input[slot] = const(f"{p}_bias", bias - correction)
+                correction = None
         k = inits[wname].dims[0]
         n = inits[wname].dims[1]
         flat_shape = const(f"{p}_flat", np.array([-1, k], dtype=np.int64))
@@ -171,30 +204,49 @@ def quantize_int8(
             helper.make_node("Reshape", [x, flat_shape], [f"{p}_x2"]),
             helper.make_node("ReduceMax", [f"{p}_x2", one_axis], [f"{p}_max"], keepdims=0),
             helper.make_node("ReduceMin", [f"{p}_x2", one_axis], [f"{p}_min"], keepdims=0),
-            # The row's range always includes 0, so 0 is exact and the zero point in [0, 255].
-            helper.make_node("Max", [f"{p}_max", zero], [f"{p}_hi"]),
-            helper.make_node("Min", [f"{p}_min", zero], [f"{p}_lo"]),
-            helper.make_node("Sub", [f"{p}_hi", f"{p}_lo"], [f"{p}_range"]),
-            helper.make_node("Max", [f"{p}_range", eps], [f"{p}_range1"]),
-            helper.make_node("Mul", [f"{p}_range1", inv255], [f"{p}_scale"]),
-            helper.make_node("Div", [f"{p}_lo", f"{p}_scale"], [f"{p}_lo_q"]),
-            helper.make_node("Neg", [f"{p}_lo_q"], [f"{p}_zpf0"]),
-            helper.make_node("Round", [f"{p}_zpf0"], [f"{p}_zpf"]),
-            helper.make_node("Cast", [f"{p}_zpf"], [f"{p}_zp"], to=TensorProto.UINT8),
+            # The smallest scale that fits the row's range around the fixed zero point.
             helper.make_node(
-                "QuantizeLinear", [f"{p}_x2", f"{p}_scale", f"{p}_zp"], [f"{p}_q"], axis=0
+                "Mul", [f"{p}_max", const(f"{p}_hi", _f32(1 / (255 - z)))], [f"{p}_shi"]
             ),
-            helper.make_node("MatMulInteger", [f"{p}_q", wq_name], [f"{p}_acc"]),
-            helper.make_node("DequantizeLinear", [f"{p}_acc", wscale_name], [f"{p}_y0"], axis=1),
-            # (q - zp_row) W = q W - zp_row * colsum(W): MatMulInteger takes one zero point for A.
-            helper.make_node("Unsqueeze", [f"{p}_zpf", one_axis], [f"{p}_zpcol"]),
-            helper.make_node("Mul", [f"{p}_zpcol", colsum_name], [f"{p}_corr"]),
-            helper.make_node("Sub", [f"{p}_y0", f"{p}_corr"], [f"{p}_y1"]),
+            helper.make_node(
+                "Mul",
+                [f"{p}_min", const(f"{p}_lo", _f32(-1 / max(z, 1) if z else 0))],
+                [f"{p}_slo"],
+            ),
+            helper.make_node("Max", [f"{p}_shi", f"{p}_slo", eps], [f"{p}_scale"]),
+            helper.make_node("Shape", [f"{p}_scale"], [f"{p}_rows"]),
+            helper.make_node(
+                "ConstantOfShape",
+                [f"{p}_rows"],
+                [f"{p}_zps"],
+                value=numpy_helper.from_array(np.array([z], dtype=np.uint8)),
+            ),
+            helper.make_node(
+                "QuantizeLinear", [f"{p}_x2", f"{p}_scale", f"{p}_zps"], [f"{p}_q"], axis=0
+            ),
+            # ONNX Runtime's fused integer GEMM with the column scales applied on output.
+            helper.make_node(
+                "MatMulIntegerToFloat",
+                [f"{p}_q", wq_name, one, wscale_name, const(f"{p}_zp", np.array(z, np.uint8))],
+                [f"{p}_y1"],
+                domain="com.microsoft",
+            ),
             helper.make_node("Unsqueeze", [f"{p}_scale", one_axis], [f"{p}_rowscale"]),
             helper.make_node("Mul", [f"{p}_y1", f"{p}_rowscale"], [f"{p}_y2"]),
+            *(
+                [
+                    helper.make_node(
+                        "Sub", [f"{p}_y2", const(f"{p}_unshift", correction)], [f"{p}_y3"]
+                    )
+                ]
+                if correction is not None
+                else []
+            ),
             helper.make_node("Slice", [f"{p}_xshape", start, minus_one], [f"{p}_lead"]),
             helper.make_node("Concat", [f"{p}_lead", n_dim], [f"{p}_outshape"], axis=0),
-            helper.make_node("Reshape", [f"{p}_y2", f"{p}_outshape"], [out]),
+            helper.make_node(
+                "Reshape", [f"{p}_y2" if correction is None else f"{p}_y3", f"{p}_outshape"], [out]
+            ),
         ]
         if node.name in smooth_nodes:
             nodes.insert(0, smooth_nodes[node.name])
@@ -206,12 +258,38 @@ def quantize_int8(
         rebuilt.extend(new_nodes.get(node.name, [node]))
     del graph.node[:]
     graph.node.extend(rebuilt)
+    if replaced and not any(o.domain == "com.microsoft" for o in model.opset_import):
+        model.opset_import.append(helper.make_opsetid("com.microsoft", 1))
     used = {i for node in graph.node for i in node.input}
     kept = [i for i in graph.initializer if i.name in used]
     del graph.initializer[:]
     graph.initializer.extend(kept + consts)
     _save(model, target)
     return {"int8_matmuls": len(replaced), "fp32_matmuls": len(matmuls) - len(replaced)}
+
+
+def _bias_add(graph: Any, tensor: str, inits: dict[str, Any]) -> tuple[Any, int] | None:
+    """The Add node (and its bias slot) that alone reads ``tensor`` and adds a 1-D weight."""
+    readers = [n for n in graph.node if tensor in n.input]
+    if len(readers) != 1 or readers[0].op_type != "Add":
+        return None
+    add = readers[0]
+    slot = 1 - list(add.input).index(tensor)
+    other = add.input[slot]
+    return (add, slot) if other in inits and len(inits[other].dims) == 1 else None
+
+
+def _f32(value: float) -> np.ndarray:
+    return np.array(value, dtype=np.float32)
+
+
+def _zero_point(rows: np.ndarray) -> int:
+    """The uint8 zero point that fits a typical row of ``rows``: the median share of the row's
+    range (0 included) below zero. The scale is still set per row, so a row unlike the
+    typical one loses resolution, never range."""
+    lo, hi = np.minimum(rows.min(axis=1), 0), np.maximum(rows.max(axis=1), 0)
+    share = -lo / np.maximum(hi - lo, 1e-12)
+    return int(np.clip(np.rint(255 * np.median(share)), 1, 254))
 
 
 def _save(model: Any, target: Path) -> None:
@@ -292,9 +370,9 @@ def add_variants(
             ranges = calibrate(model_dir, manifest, matmul_inputs(source))
             recipe = quantize_int8(source, target, keep_fp32, ranges, SMOOTH_ALPHA)
             recipe["recipe"] = (
-                f"SmoothQuant (alpha {SMOOTH_ALPHA}, calibrated on {CALIBRATION_TEXTS} "
-                "pseudo-sentences of the tokenizer's vocabulary), per-token uint8 activations, "
-                "per-column int8 weights"
+                "per-token uint8 activations (fixed zero point per input; GELU outputs shifted), "
+                f"per-column int8 weights, SmoothQuant alpha {SMOOTH_ALPHA}; calibrated on "
+                f"{CALIBRATION_TEXTS} pseudo-sentences of the tokenizer's vocabulary"
             )
         elif precision == "fp16":
             recipe = convert_fp16(source, target)
@@ -312,11 +390,11 @@ def add_variants(
     return manifest
 
 
-def channel_max(
+def activation_stats(
     source: Path, tensors: Collection[str], feeds: list[dict[str, np.ndarray]]
-) -> dict[str, np.ndarray]:
-    """Max |x| per channel (last axis) of each named tensor of ``source`` over ``feeds``,
-    real tokens only (rows where the attention mask is 1)."""
+) -> dict[str, tuple[np.ndarray, np.ndarray]]:
+    """Max |x| per channel (last axis) of each named tensor of ``source`` over ``feeds``, and
+    a sample of its rows (tokens), real tokens only (where the attention mask is 1)."""
     import onnx
     import onnxruntime as ort
     from onnx import TensorProto, helper
@@ -332,14 +410,17 @@ def channel_max(
     finally:
         probe.unlink()
     names = list(tensors)
-    found: dict[str, np.ndarray] = {}
+    top: dict[str, np.ndarray] = {}
+    sample: dict[str, list[np.ndarray]] = {name: [] for name in names}
     for feed in feeds:
         outs = session.run(names, feed)
         real = feed["attention_mask"].reshape(-1).astype(bool)
         for name, value in zip(names, outs, strict=True):
-            top = np.abs(value.reshape(real.shape[0], -1)[real]).max(axis=0)
-            found[name] = np.maximum(found[name], top) if name in found else top
-    return found
+            rows = value.reshape(real.shape[0], -1)[real]
+            found = np.abs(rows).max(axis=0)
+            top[name] = np.maximum(top[name], found) if name in top else found
+            sample[name].append(rows[:: max(1, len(rows) // 16)])
+    return {name: (top[name], np.concatenate(sample[name])) for name in names}
 
 
 def calibration_texts(tokenizer_file: Path, count: int = CALIBRATION_TEXTS) -> list[str]:
@@ -363,8 +444,8 @@ def calibration_texts(tokenizer_file: Path, count: int = CALIBRATION_TEXTS) -> l
 
 def calibrate(
     model_dir: Path, manifest: Manifest, tensors: Collection[str]
-) -> dict[str, np.ndarray]:
-    """Per-channel max |x| of ``tensors`` on the vocabulary calibration texts."""
+) -> dict[str, tuple[np.ndarray, np.ndarray]]:
+    """``activation_stats`` of ``tensors`` on the vocabulary calibration texts."""
     runtime = TextEmbedding(model_dir, precision=manifest.precision)
     encoded = runtime.tokenize(calibration_texts(model_dir / manifest.tokenizer_file))
     feeds = []
@@ -383,7 +464,7 @@ def calibrate(
             feed["token_type_ids"] = np.zeros_like(ids)
         feeds.append(feed)
     assert manifest.graph_file is not None
-    return channel_max(model_dir / manifest.graph_file, tensors, feeds)
+    return activation_stats(model_dir / manifest.graph_file, tensors, feeds)
 
 
 def matmul_inputs(source: Path) -> list[str]:
