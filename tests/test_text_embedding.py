@@ -302,3 +302,24 @@ def test_position_and_token_type_inputs_are_fed_for_both_padding_sides(
     got = TextEmbedding(tmp_path).encode(["5 6 7", "9", "1 2 3 4 5 6"], batch_size=3)
     # Last token: position n - 1 counted from the text's first token, its id, token type 0.
     np.testing.assert_array_equal(got, [[2, 7], [0, 9], [5, 6]])
+
+
+def test_hub_download_names_every_precision_and_its_data() -> None:
+    """A repository holding several precisions downloads each graph with its external data."""
+    from slimembed.hub import manifest_files
+    from slimembed.manifest import GraphVariant, Manifest
+
+    manifest = Manifest(
+        dim=8,
+        pooling="mean",
+        normalize=True,
+        max_length=16,
+        padding_side="right",
+        pad_id=0,
+        variants={"int8": GraphVariant("model.int8.onnx"), "fp16": GraphVariant("model.fp16.onnx")},
+    )
+    files = manifest_files(manifest)
+    for name in ("slimembed.json", "tokenizer.json", "model.onnx", "model.onnx*"):
+        assert name in files
+    for name in ("model.int8.onnx", "model.int8.onnx*", "model.fp16.onnx*"):
+        assert name in files

@@ -50,12 +50,16 @@ def resolve_model(
             f"(export it with `slimembed export {repo_id} DIR`)"
         )
     manifest = Manifest.load(first)
-    # The graph with its external data (model.onnx.data and the like), the table, the tokenizer.
-    named = (manifest.graph_file, manifest.table_file, manifest.tokenizer_file)
+    return _download(repo_id, cache_dir, revision, local_files_only, manifest_files(manifest))
+
+
+def manifest_files(manifest: Manifest) -> list[str]:
+    """What to download of a model repository: the manifest, every graph (each precision) with
+    its external data (``model.onnx.data`` and the like), the table and the tokenizer."""
+    graphs = [manifest.graph_file, *(v.graph_file for v in manifest.variants.values())]
+    named = (*graphs, manifest.table_file, manifest.tokenizer_file)
     files = [MANIFEST_FILE, *(f for f in named if f)]
-    if manifest.graph_file:
-        files.append(f"{manifest.graph_file}*")
-    return _download(repo_id, cache_dir, revision, local_files_only, files)
+    return files + [f"{graph}*" for graph in graphs if graph]
 
 
 def export_dir(name: str, cache_dir: str | os.PathLike[str] | None = None) -> Path:
