@@ -118,9 +118,12 @@ def quantize_int8(
     inits = {i.name: i for i in graph.initializer}
     matmuls = _weight_matmuls(graph, inits)
     consts: list[Any] = []
+    named: set[str] = set()
 
     def const(name: str, array: np.ndarray) -> str:
-        consts.append(numpy_helper.from_array(array, name))
+        if name not in named:
+            named.add(name)
+            consts.append(numpy_helper.from_array(array, name))
         return name
 
     one_axis = const("q8_axes_last", np.array([1], dtype=np.int64))
@@ -146,7 +149,7 @@ def quantize_int8(
             shifts[x] = GELU_SHIFT
             zero_points[x] = 0
             smoothed[x] = f"{x}_shifted"
-            smooth_nodes[readers[0].name] = helper.make_node(
+            smooth_nodes[x] = helper.make_node(
                 "Add", [x, const(f"{x}_shift", _f32(GELU_SHIFT))], [smoothed[x]]
             )
             continue
@@ -161,10 +164,11 @@ def quantize_int8(
             weights[n.input[1]] = weights[n.input[1]] * scale[:, None]
         smoothed[x] = f"{x}_smoothed"
         inverse = const(f"{x}_smooth_inv", (1 / scale).astype(np.float32))
-        smooth_nodes[readers[0].name] = helper.make_node("Mul", [x, inverse], [smoothed[x]])
+        smooth_nodes[x] = helper.make_node("Mul", [x, inverse], [smoothed[x]])
 
     replaced = []
     new_nodes: dict[str, list[Any]] = {}
+    quantized_inputs: set[str] = set()
     done_weights: dict[str, tuple[str, str]] = {}
     for node in matmuls:
         if node.name in keep_fp32:
@@ -197,42 +201,52 @@ def quantize_int8(
                 correction = None
         k = inits[wname].dims[0]
         n = inits[wname].dims[1]
-        flat_shape = const(f"{p}_flat", np.array([-1, k], dtype=np.int64))
+        flat_shape = const(f"q8_flat_{k}", np.array([-1, k], dtype=np.int64))
         n_dim = const(f"{p}_n", np.array([n], dtype=np.int64))
-        nodes = [
-            helper.make_node("Shape", [x], [f"{p}_xshape"]),
-            helper.make_node("Reshape", [x, flat_shape], [f"{p}_x2"]),
-            helper.make_node("ReduceMax", [f"{p}_x2", one_axis], [f"{p}_max"], keepdims=0),
-            helper.make_node("ReduceMin", [f"{p}_x2", one_axis], [f"{p}_min"], keepdims=0),
-            # The smallest scale that fits the row's range around the fixed zero point.
-            helper.make_node(
-                "Mul", [f"{p}_max", const(f"{p}_hi", _f32(1 / (255 - z)))], [f"{p}_shi"]
-            ),
-            helper.make_node(
-                "Mul",
-                [f"{p}_min", const(f"{p}_lo", _f32(-1 / max(z, 1) if z else 0))],
-                [f"{p}_slo"],
-            ),
-            helper.make_node("Max", [f"{p}_shi", f"{p}_slo", eps], [f"{p}_scale"]),
-            helper.make_node("Shape", [f"{p}_scale"], [f"{p}_rows"]),
-            helper.make_node(
-                "ConstantOfShape",
-                [f"{p}_rows"],
-                [f"{p}_zps"],
-                value=numpy_helper.from_array(np.array([z], dtype=np.uint8)),
-            ),
-            helper.make_node(
-                "QuantizeLinear", [f"{p}_x2", f"{p}_scale", f"{p}_zps"], [f"{p}_q"], axis=0
-            ),
+        # The input's quantization is shared by every MatMul reading it (Q, K and V).
+        qx = f"q8_in_{node.input[0]}"
+        nodes = []
+        if qx not in quantized_inputs:
+            quantized_inputs.add(qx)
+            if node.input[0] in smooth_nodes:
+                nodes.append(smooth_nodes[node.input[0]])
+            nodes += [
+                helper.make_node("Shape", [x], [f"{qx}_xshape"]),
+                helper.make_node("Slice", [f"{qx}_xshape", start, minus_one], [f"{qx}_lead"]),
+                helper.make_node("Reshape", [x, flat_shape], [f"{qx}_x2"]),
+                helper.make_node("ReduceMax", [f"{qx}_x2", one_axis], [f"{qx}_max"], keepdims=0),
+                helper.make_node("ReduceMin", [f"{qx}_x2", one_axis], [f"{qx}_min"], keepdims=0),
+                # The smallest scale that fits the row's range around the fixed zero point.
+                helper.make_node(
+                    "Mul", [f"{qx}_max", const(f"{qx}_hi", _f32(1 / (255 - z)))], [f"{qx}_shi"]
+                ),
+                helper.make_node(
+                    "Mul",
+                    [f"{qx}_min", const(f"{qx}_lo", _f32(-1 / max(z, 1) if z else 0))],
+                    [f"{qx}_slo"],
+                ),
+                helper.make_node("Max", [f"{qx}_shi", f"{qx}_slo", eps], [f"{qx}_scale"]),
+                helper.make_node("Shape", [f"{qx}_scale"], [f"{qx}_rows"]),
+                helper.make_node(
+                    "ConstantOfShape",
+                    [f"{qx}_rows"],
+                    [f"{qx}_zps"],
+                    value=numpy_helper.from_array(np.array([z], dtype=np.uint8)),
+                ),
+                helper.make_node(
+                    "QuantizeLinear", [f"{qx}_x2", f"{qx}_scale", f"{qx}_zps"], [f"{qx}_q"], axis=0
+                ),
+                helper.make_node("Unsqueeze", [f"{qx}_scale", one_axis], [f"{qx}_rowscale"]),
+            ]
+        nodes += [
             # ONNX Runtime's fused integer GEMM with the column scales applied on output.
             helper.make_node(
                 "MatMulIntegerToFloat",
-                [f"{p}_q", wq_name, one, wscale_name, const(f"{p}_zp", np.array(z, np.uint8))],
+                [f"{qx}_q", wq_name, one, wscale_name, const(f"{p}_zp", np.array(z, np.uint8))],
                 [f"{p}_y1"],
                 domain="com.microsoft",
             ),
-            helper.make_node("Unsqueeze", [f"{p}_scale", one_axis], [f"{p}_rowscale"]),
-            helper.make_node("Mul", [f"{p}_y1", f"{p}_rowscale"], [f"{p}_y2"]),
+            helper.make_node("Mul", [f"{p}_y1", f"{qx}_rowscale"], [f"{p}_y2"]),
             *(
                 [
                     helper.make_node(
@@ -242,14 +256,11 @@ def quantize_int8(
                 if correction is not None
                 else []
             ),
-            helper.make_node("Slice", [f"{p}_xshape", start, minus_one], [f"{p}_lead"]),
-            helper.make_node("Concat", [f"{p}_lead", n_dim], [f"{p}_outshape"], axis=0),
+            helper.make_node("Concat", [f"{qx}_lead", n_dim], [f"{p}_outshape"], axis=0),
             helper.make_node(
                 "Reshape", [f"{p}_y2" if correction is None else f"{p}_y3", f"{p}_outshape"], [out]
             ),
         ]
-        if node.name in smooth_nodes:
-            nodes.insert(0, smooth_nodes[node.name])
         new_nodes[node.name] = nodes
         replaced.append(node.name)
 
