@@ -335,7 +335,9 @@ def measure_fidelity(
 ) -> dict[str, Any]:
     """Cosine of ``precision``'s vectors to the main graph's, each text alone against inside
     one padded batch of all ``texts``, and the graph file's size."""
-    budget = 64 * (manifest.max_length or 512) * max(1, len(texts) // 64 + 1)
+    # One padded batch of all texts where it fits 16,384 tokens (64 texts of MiniLM's 256);
+    # larger models' long texts split into a few batches, still of mixed lengths.
+    budget = min(len(texts) * (manifest.max_length or 512), 16_384)
     main = TextEmbedding(model_dir, precision=manifest.precision, max_tokens=budget)
     other = TextEmbedding(model_dir, precision=precision, max_tokens=budget)
     items = list(texts)
