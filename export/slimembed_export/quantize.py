@@ -41,8 +41,11 @@ from slimembed_export.verify import PROBE_TEXTS, _cosines
 # Graphs whose tensors exceed this many bytes are saved with external data (protobuf's 2 GB cap).
 EXTERNAL_DATA_BYTES = 1_800_000_000
 PRECISION_FILES = {"int8": "model.int8.onnx", "fp16": "model.fp16.onnx"}
-# A quantized graph whose vectors move with the batch they are in is broken, not imprecise.
-MIN_BATCH_INVARIANCE = 0.9999
+# A quantized graph whose vectors move with the batch they are in is broken, not imprecise
+# (per-batch scales give 0.97 on MiniLM). Per-token INT8 is bit-identical on encoders, but on a
+# 28-layer decoder with left padding FP32 attention's last-bit differences between paddings
+# can flip a rounding: 0.9997 was measured on Qwen3-0.6B's shape with random weights.
+MIN_BATCH_INVARIANCE = 0.999
 CALIBRATION_TEXTS = 128
 # SmoothQuant's migration strength (0.5 measured best on all-MiniLM-L6-v2; 0.3-0.7 tried).
 SMOOTH_ALPHA = 0.5
