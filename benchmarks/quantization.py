@@ -28,17 +28,10 @@ from benchmarks.datasets import all_texts, scifact, sts
 from benchmarks.quality import scifact_ndcg
 from benchmarks.timing import interleaved, machine, ratio, summary, versions
 from slimembed import Manifest, TextEmbedding
+from slimembed_export.verify import cosines
 
 THREADS = 2
 BATCH = 64
-
-
-def _cosines(a: np.ndarray, b: np.ndarray) -> np.ndarray:
-    a64, b64 = a.astype(np.float64), b.astype(np.float64)
-    na, nb = np.linalg.norm(a64, axis=1), np.linalg.norm(b64, axis=1)
-    cos = (a64 * b64).sum(1) / np.maximum(na * nb, 1e-30)
-    cos[(na == 0) & (nb == 0)] = 1.0
-    return cos
 
 
 def ort_dynamic(model_dir: Path, work: Path) -> Path:
@@ -110,7 +103,7 @@ def fidelity(engines: dict[str, TextEmbedding], texts: list[str]) -> dict[str, d
         batched = engine.encode(mixed, batch_size=64)
         found[name] = {
             "embed_seconds": time.perf_counter() - start,
-            "batch_invariance_min_cosine": float(_cosines(alone, batched).min()),
+            "batch_invariance_min_cosine": float(cosines(alone, batched).min()),
         }
         if has_scifact:
             lookup = dict(zip(texts, vectors[name], strict=True))
@@ -120,7 +113,7 @@ def fidelity(engines: dict[str, TextEmbedding], texts: list[str]) -> dict[str, d
     scifact_docs = set(sf.docs)
     is_doc = np.array([t in scifact_docs for t in texts])
     for name in engines:
-        cos = _cosines(vectors["fp32"], vectors[name])
+        cos = cosines(vectors["fp32"], vectors[name])
         found[name].update(
             {
                 "texts": len(texts),

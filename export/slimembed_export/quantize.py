@@ -36,7 +36,7 @@ import numpy as np
 from slimembed import TextEmbedding
 from slimembed.manifest import GraphVariant, Manifest
 from slimembed_export.errors import ExportError
-from slimembed_export.verify import PROBE_TEXTS, _cosines
+from slimembed_export.verify import PROBE_TEXTS, cosines
 
 # Graphs whose tensors exceed this many bytes are saved with external data (protobuf's 2 GB cap).
 EXTERNAL_DATA_BYTES = 1_800_000_000
@@ -347,8 +347,8 @@ def measure_fidelity(
     reference = main.encode(items, batch_size=len(items))
     batched = other.encode(items, batch_size=len(items))
     alone = other.encode(items, batch_size=1)
-    to_main = _cosines(reference, batched)
-    invariance = _cosines(alone, batched)
+    to_main = cosines(reference, batched)
+    invariance = cosines(alone, batched)
     graph = manifest.variants[precision].graph_file
     files = [model_dir / graph, model_dir / (graph + ".data")]
     return {

@@ -147,7 +147,7 @@ def _attention(model: Any, bidirectional: bool) -> Iterator[None]:
 
 
 def _min_cosine(a: np.ndarray, b: np.ndarray) -> float:
-    return float(_cosines(a, b).min())
+    return float(cosines(a, b).min())
 
 
 def check_static_parity(
@@ -167,7 +167,7 @@ def check_static_parity(
     texts = list(PROBE_TEXTS)
     ours = TextEmbedding(model_dir).encode(texts, batch_size=4)
     exact = _min_cosine(reference_embed(source, texts, tables.dequantize(tensors)), ours)
-    to_fp32 = _cosines(reference_embed(source, texts, source.embeddings), ours)
+    to_fp32 = cosines(reference_embed(source, texts, source.embeddings), ours)
 
     tokenizer = _core.Tokenizer(model_dir / manifest.tokenizer_file)
     encoded = tokenizer.encode(texts, add_special_tokens=False)
@@ -201,7 +201,8 @@ def check_static_parity(
     return figures
 
 
-def _cosines(a: np.ndarray, b: np.ndarray) -> np.ndarray:
+def cosines(a: np.ndarray, b: np.ndarray) -> np.ndarray:
+    """Row-wise cosine in float64; two zero vectors count as equal (1.0)."""
     a64, b64 = a.astype(np.float64), b.astype(np.float64)
     na, nb = np.linalg.norm(a64, axis=1), np.linalg.norm(b64, axis=1)
     cos = (a64 * b64).sum(1) / np.maximum(na * nb, 1e-30)

@@ -32,6 +32,7 @@ from slimembed.text_embedding import (
     TextEmbedding,
     _check_texts,
     _native,
+    check_limits,
 )
 
 DEFAULT_BATCH_SIZE = 64
@@ -57,10 +58,7 @@ class TextCrossEncoder:
         local_files_only: bool = False,
         max_tokens: int = DEFAULT_MAX_TOKENS,
     ) -> None:
-        if max_tokens < 1:
-            raise ValueError(f"max_tokens must be >= 1, got {max_tokens}")
-        if threads is not None and threads < 1:
-            raise ValueError(f"threads must be >= 1, got {threads}")
+        check_limits(max_tokens, threads)
         self.model_name = str(model_name)
         self.model_dir: Path = hub.resolve_model(
             model_name, cache_dir=cache_dir, revision=revision, local_files_only=local_files_only

@@ -76,10 +76,7 @@ class TextEmbedding:
         max_tokens: int = DEFAULT_MAX_TOKENS,
         precision: str | None = None,
     ) -> None:
-        if max_tokens < 1:
-            raise ValueError(f"max_tokens must be >= 1, got {max_tokens}")
-        if threads is not None and threads < 1:
-            raise ValueError(f"threads must be >= 1, got {threads}")
+        check_limits(max_tokens, threads)
         self.model_name = "default" if model_name is None else str(model_name)
         self.model_dir: Path = hub.resolve_model(
             DEFAULT_MODEL_DIR if model_name is None else model_name,
@@ -444,6 +441,14 @@ class TextEmbedding:
     def __repr__(self) -> str:
         m = self.manifest
         return f"TextEmbedding({self.model_name!r}, dim={m.dim}, pooling={m.pooling!r})"
+
+
+def check_limits(max_tokens: int, threads: int | None) -> None:
+    """The argument checks TextEmbedding and TextCrossEncoder share."""
+    if max_tokens < 1:
+        raise ValueError(f"max_tokens must be >= 1, got {max_tokens}")
+    if threads is not None and threads < 1:
+        raise ValueError(f"threads must be >= 1, got {threads}")
 
 
 def _excludes_instruction(prompt: Prompt | None, head: str) -> bool:
