@@ -20,7 +20,7 @@ from slimembed.session import choose_precision
 from slimembed_export import ExportOptions, export_model
 from slimembed_export.errors import ExportError
 from slimembed_export.quantize import add_variants, calibration_texts
-from slimembed_export.verify import _cosines
+from slimembed_export.verify import cosines
 
 
 def _held_out_texts() -> list[str]:
@@ -44,7 +44,7 @@ def test_int8_is_faithful_on_real_weights(minilm_quantized: Path) -> None:
     texts = _held_out_texts()
     fp32 = TextEmbedding(minilm_quantized, precision="fp32").encode(texts, batch_size=64)
     int8 = TextEmbedding(minilm_quantized, precision="int8").encode(texts, batch_size=64)
-    cos = _cosines(fp32, int8)
+    cos = cosines(fp32, int8)
     # The thresholds (its full-data figures come from benchmarks/quantization.py).
     assert cos.mean() >= 0.999, cos.mean()
     assert cos.min() >= 0.995, cos.min()
@@ -59,14 +59,14 @@ def test_a_text_alone_equals_it_inside_a_mixed_batch(
     model = TextEmbedding(minilm_quantized, precision=precision)
     batched = model.encode(texts, batch_size=64)
     alone = model.encode(texts, batch_size=1)
-    assert _cosines(alone, batched).min() >= 0.9999
+    assert cosines(alone, batched).min() >= 0.9999
 
 
 def test_fp16_is_faithful_and_keeps_norms_in_fp32(minilm_quantized: Path) -> None:
     texts = _held_out_texts()[::3]
     fp32 = TextEmbedding(minilm_quantized, precision="fp32").encode(texts)
     fp16 = TextEmbedding(minilm_quantized, precision="fp16").encode(texts)
-    assert _cosines(fp32, fp16).mean() >= 0.9995
+    assert cosines(fp32, fp16).mean() >= 0.9995
     graph = onnx.load(str(minilm_quantized / "model.fp16.onnx"))
     types = {i.name: i.type.tensor_type.elem_type for i in graph.graph.input}
     assert set(types.values()) == {onnx.TensorProto.INT64}
@@ -154,8 +154,8 @@ def test_tiny_qwen3_int8_and_fp16_with_left_padding(
         alone = model.encode(texts, batch_size=1)
         assert np.isfinite(batched).all()
         assert np.isfinite(alone).all()
-        assert _cosines(alone, batched).min() >= 0.9999
-        assert _cosines(fp32, batched).mean() >= 0.99, precision
+        assert cosines(alone, batched).min() >= 0.9999
+        assert cosines(fp32, batched).mean() >= 0.99, precision
 
 
 def test_precision_errors(tiny_source: Callable[[str], Path], tmp_path: Path) -> None:
