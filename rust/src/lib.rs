@@ -4,6 +4,7 @@
 //! `py.rs`, behind the `python` feature, is the only place that does.
 
 pub mod error;
+pub mod pieces;
 pub mod pooling;
 pub mod static_embed;
 pub mod tokenize;

@@ -10,6 +10,7 @@ use pyo3::exceptions::{PyFileNotFoundError, PyRuntimeError, PyValueError};
 use pyo3::prelude::*;
 
 use crate::error::Error;
+use crate::pieces::PieceRule;
 use crate::pooling::{self, Pooling};
 use crate::static_embed::{self, StaticOptions, StaticTable};
 use crate::tokenize::{EncodeOptions, Encoded, PaddingSide, TextTokenizer};
@@ -54,18 +55,30 @@ struct PyTokenizer {
 
 #[pymethods]
 impl PyTokenizer {
+    /// `piece_cache=False` encodes every text whole with the `tokenizers` crate (same ids).
     #[new]
-    fn new(path: PathBuf) -> PyResult<Self> {
-        Ok(Self {
-            inner: TextTokenizer::from_file(&path)?,
-        })
+    #[pyo3(signature = (path, *, piece_cache=true))]
+    fn new(path: PathBuf, piece_cache: bool) -> PyResult<Self> {
+        Ok(Self::with_cache(
+            TextTokenizer::from_file(&path)?,
+            piece_cache,
+        ))
     }
 
     #[staticmethod]
-    fn from_json(json: &str) -> PyResult<Self> {
-        Ok(Self {
-            inner: TextTokenizer::from_json(json)?,
-        })
+    #[pyo3(signature = (json, *, piece_cache=true))]
+    fn from_json(json: &str, piece_cache: bool) -> PyResult<Self> {
+        Ok(Self::with_cache(
+            TextTokenizer::from_json(json)?,
+            piece_cache,
+        ))
+    }
+
+    /// How texts are cut for the piece cache ("drop", "attach", "attach-stripped"), or None
+    /// when this tokenizer's layout encodes every text whole.
+    #[getter]
+    fn piece_rule(&self) -> Option<&'static str> {
+        self.inner.piece_rule().map(PieceRule::name)
     }
 
     #[getter]
@@ -98,6 +111,17 @@ impl PyTokenizer {
         };
         let inner = py.detach(|| self.inner.encode(&texts, instructions.as_deref(), &opts))?;
         Ok(PyEncoded { inner })
+    }
+}
+
+impl PyTokenizer {
+    fn with_cache(inner: TextTokenizer, piece_cache: bool) -> Self {
+        let inner = if piece_cache {
+            inner
+        } else {
+            inner.without_cache()
+        };
+        Self { inner }
     }
 }
 

@@ -236,8 +236,11 @@ pub fn embed(
         }
     };
     let mut out = Array2::<f32>::zeros((texts.len(), width));
-    let one = |(i, (text, row)): (usize, (&String, ArrayViewMut1<f32>))| -> Result<()> {
-        let mut ids = tokenizer.ids(i, text, opts.add_special_tokens)?;
+    let one = |ids: &mut Vec<u32>,
+               (i, (text, row)): (usize, (&String, ArrayViewMut1<f32>))|
+     -> Result<()> {
+        ids.clear();
+        tokenizer.ids_into(i, text, opts.add_special_tokens, ids)?;
         if let Some(skip) = opts.skip_id {
             ids.retain(|&id| id != skip);
         }
@@ -245,7 +248,7 @@ pub fn embed(
             ids.truncate(max);
         }
         let mut row = row;
-        table.mean_into(&ids, row.view_mut())?;
+        table.mean_into(ids, row.view_mut())?;
         if opts.normalize {
             l2_normalize(row);
         }
@@ -253,9 +256,18 @@ pub fn embed(
     };
     let rows: Vec<ArrayViewMut1<f32>> = out.rows_mut().into_iter().collect();
     if opts.parallel {
-        texts.par_iter().zip(rows).enumerate().try_for_each(one)?;
+        texts
+            .par_iter()
+            .zip(rows)
+            .enumerate()
+            .try_for_each_init(Vec::new, one)?;
     } else {
-        texts.iter().zip(rows).enumerate().try_for_each(one)?;
+        let mut ids = Vec::new();
+        texts
+            .iter()
+            .zip(rows)
+            .enumerate()
+            .try_for_each(|item| one(&mut ids, item))?;
     }
     Ok(out)
 }
