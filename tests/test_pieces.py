@@ -11,9 +11,9 @@ from collections.abc import Callable
 from pathlib import Path
 
 import pytest
-from tokenizers import Regex, Tokenizer, decoders, models, pre_tokenizers, trainers
+from tokenizers import Regex, Tokenizer, pre_tokenizers
 
-from benchmarks.datasets import all_texts, sts
+from benchmarks.datasets import all_texts
 from slimembed import _core
 from tests.tiny import _bpe, _sentencepiece_bpe, minilm_source
 
@@ -56,24 +56,9 @@ def _package_file(package: str, *parts: str) -> Path:
 
 
 def _qwen_split() -> Tokenizer:
-    tok = Tokenizer(models.BPE())
-    tok.normalizer = None
-    tok.pre_tokenizer = pre_tokenizers.Sequence(
-        [
-            pre_tokenizers.Split(Regex(QWEN2_PATTERN), behavior="isolated"),
-            pre_tokenizers.ByteLevel(add_prefix_space=False, use_regex=False),
-        ]
-    )
-    tok.decoder = decoders.ByteLevel()
-    trainer = trainers.BpeTrainer(
-        vocab_size=1000,
-        special_tokens=["<|endoftext|>"],
-        initial_alphabet=pre_tokenizers.ByteLevel.alphabet(),
-        show_progress=False,
-    )
-    pairs = sts("en-dev")
-    tok.train_from_iterator(pairs.sentences1 + pairs.sentences2, trainer)
-    return tok
+    split = pre_tokenizers.Split(Regex(QWEN2_PATTERN), behavior="isolated")
+    level = pre_tokenizers.ByteLevel(add_prefix_space=False, use_regex=False)
+    return _bpe(["<|endoftext|>"], pre_tokenizers.Sequence([split, level]))
 
 
 def _minilm() -> Tokenizer:

@@ -58,9 +58,12 @@ def minilm_source() -> Path:
     return Path(spec.origin).parent / "model"
 
 
-def _bpe(specials: list[str]) -> Tokenizer:
+def _bpe(
+    specials: list[str], pre_tokenizer: pre_tokenizers.PreTokenizer | None = None
+) -> Tokenizer:
+    """Byte-level BPE trained on STS-B; GPT-2's pre-tokenizer unless another is given."""
     tok = Tokenizer(models.BPE())
-    tok.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
+    tok.pre_tokenizer = pre_tokenizer or pre_tokenizers.ByteLevel(add_prefix_space=False)
     tok.decoder = decoders.ByteLevel()
     trainer = trainers.BpeTrainer(
         vocab_size=VOCAB,
