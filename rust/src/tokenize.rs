@@ -15,7 +15,7 @@ use std::str::FromStr;
 use ndarray::{Array1, Array2};
 use rayon::prelude::*;
 use serde_json::{json, Value};
-use tokenizers::{Encoding, ModelWrapper, PostProcessor, Token, TruncationDirection};
+use tokenizers::{Encoding, Model, ModelWrapper, PostProcessor, Token, TruncationDirection};
 
 use crate::error::{Error, Result};
 use crate::pieces::{PieceCache, PieceRule, Splitter};
@@ -226,14 +226,21 @@ impl TextTokenizer {
         let Some(pieces) = pieces else {
             return Ok(false);
         };
+        let fail = |e: tokenizers::Error| Error::Tokenize {
+            index,
+            reason: e.to_string(),
+        };
+        let direct = self.piece_rule() == Some(PieceRule::AttachStripped);
         self.cache.extend(&pieces, out, |piece| {
-            let enc = self
-                .inner
-                .encode_fast(piece, false)
-                .map_err(|e| Error::Tokenize {
-                    index,
-                    reason: e.to_string(),
-                })?;
+            if direct {
+                // Llama 2's legacy pipeline spelled out: no added token in the text (Splitter),
+                // Prepend "▁" and Replace " " -> "▁", no pre-tokenizer: the model sees the
+                // normalized piece as one word. Skips the per-call Encoding machinery.
+                let word = format!("\u{2581}{}", piece.replace(' ', "\u{2581}"));
+                let tokens = self.inner.get_model().tokenize(&word).map_err(fail)?;
+                return Ok(tokens.iter().map(|t| t.id).collect());
+            }
+            let enc = self.inner.encode_fast(piece, false).map_err(fail)?;
             Ok(enc.get_ids().to_vec())
         })?;
         Ok(true)
