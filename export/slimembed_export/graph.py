@@ -95,17 +95,22 @@ def export_graph(
     bidirectional: bool = False,
 ) -> str:
     """Write the embedding graph to ``path``, with weights in external data for large models
-    (or when ``external_data`` says so); returns the exporter used."""
+    (or when ``external_data`` says so), its attention fused where that is exact
+    (slimembed_export.fusion); returns the exporter used."""
     if bidirectional and not decoder:
         raise ExportError("bidirectional applies to decoders; encoders are bidirectional already")
+    from slimembed_export.fusion import fuse_attention
+
     ids, mask = _example(pad_id)
-    return _export(
+    exporter = _export(
         HiddenStates(model, decoder, bidirectional).eval(),
         {"input_ids": ids, "attention_mask": mask},
         "last_hidden_state",
         path,
         external_data,
     )
+    fused = fuse_attention(path)
+    return f"{exporter}, {fused} attention layers fused" if fused else exporter
 
 
 def export_rerank_graph(
