@@ -12,10 +12,14 @@ INT8, the recipe that measured best (benchmarks/RESULTS.md, "INT8 and FP16"):
   set from the input's typical row range on calibration text; the scale still fits each row's
   own range, so nothing is ever clipped;
 - SmoothQuant (alpha 0.5) divides each input channel by ``max|x|^a / max|W|^(1-a)`` and
-  multiplies the weights' rows by it, moving activation outliers into the weights;
+  multiplies the weights' rows by it, moving activation outliers into the weights; for the
+  attention output (a fused MultiHeadAttention's, slimembed_export.fusion) the division is
+  folded into V's projection instead of a pass over the tensor;
 - GELU outputs (the FFN down-projection's input, the most sensitive) are instead shifted by
-  0.17 (GELU >= -0.16997) so every row starts at 0 and uses all 256 levels; the shift's product
-  is folded into the bias;
+  0.17 (GELU >= -0.16997) so every row starts at 0 and uses all 256 levels (its scale then
+  needs only the row's maximum); the shift's product is folded into the bias;
+- weights are rounded by GPTQ (error feedback weighted by the calibration inputs' Gram matrix,
+  dampened) instead of to nearest: the worst short texts lose about a third less;
 - calibration: 128 pseudo-sentences drawn from the tokenizer's own vocabulary (no data set);
 - attention products (Q K^T, softmax V), norms, softmax and everything outside those MatMuls stay
   float32; the graph keeps int64 inputs and a float32 output.
@@ -29,7 +33,7 @@ from __future__ import annotations
 import random
 from collections.abc import Collection, Sequence
 from pathlib import Path
-from typing import Any
+from typing import Any, NamedTuple
 
 import numpy as np
 
@@ -49,6 +53,11 @@ MIN_BATCH_INVARIANCE = 0.999
 CALIBRATION_TEXTS = 128
 # SmoothQuant's migration strength (0.5 measured best on all-MiniLM-L6-v2; 0.3-0.7 tried).
 SMOOTH_ALPHA = 0.5
+# GPTQ's dampening (share of the Gram matrix's mean diagonal): 0.1 measured best on
+# all-MiniLM-L6-v2's worst short texts (0.01-1 tried; 0.01 fits the calibration text too well).
+GPTQ_DAMP = 0.1
+# Blocked QuantizeLinear (one scale per token without reshaping) needs this opset.
+BLOCKED_QUANTIZE_OPSET = 21
 # A bound on -GELU(x) (its minimum is -0.16997).
 GELU_SHIFT = 0.17
 # FP16: ops that stay float32 (norms, softmax, reductions, positions and the mask guard).
@@ -102,8 +111,9 @@ def quantize_int8(
     source: Path,
     target: Path,
     keep_fp32: Collection[str] = (),
-    stats: dict[str, tuple[np.ndarray, np.ndarray]] | None = None,
+    stats: dict[str, Calibration] | None = None,
     alpha: float = 0.5,
+    gptq_damp: float | None = None,
 ) -> dict[str, Any]:
     """Write ``target``: ``source`` with its weight MatMuls in INT8 (per-token activations,
     per-column weights), except the nodes named in ``keep_fp32``. Returns what was done.
@@ -129,11 +139,9 @@ def quantize_int8(
             consts.append(numpy_helper.from_array(array, name))
         return name
 
-    one_axis = const("q8_axes_last", np.array([1], dtype=np.int64))
+    last_axis = const("q8_axes_last", np.array([-1], dtype=np.int64))
     one = const("q8_one", _f32(1.0))
     eps = const("q8_eps", np.array(1e-12, dtype=np.float32))
-    minus_one = const("q8_minus_one", np.array([-1], dtype=np.int64))
-    start = const("q8_start", np.array([0], dtype=np.int64))
 
     chosen = [n for n in matmuls if n.name not in keep_fp32]
     smoothed: dict[str, str] = {}
@@ -141,6 +149,12 @@ def quantize_int8(
     zero_points: dict[str, int] = {}
     weights = {
         n.input[1]: numpy_helper.to_array(inits[n.input[1]]).astype(np.float32) for n in chosen
+    }
+    # The Gram matrix of each weight's input as the quantized GEMM will see it (smoothed).
+    grams = {
+        n.input[1]: stats[n.input[0]].gram
+        for n in chosen
+        if gptq_damp is not None and stats is not None and n.input[0] in stats
     }
     producers = {o: n.op_type for n in graph.node for o in n.output}
     shifts: dict[str, float] = {}
@@ -158,13 +172,17 @@ def quantize_int8(
             continue
         if stats is None or x not in stats:
             continue
-        top, rows = stats[x]
+        top, rows, _ = stats[x]
         w_max = np.max([np.abs(weights[n.input[1]]).max(axis=1) for n in readers], axis=0)
         scale = np.maximum(top, 1e-5) ** alpha / np.maximum(w_max, 1e-5) ** (1 - alpha)
         scale = np.clip(scale, 1e-2, 1e2).astype(np.float32)
         zero_points[x] = _zero_point(rows / scale)
         for n in readers:
             weights[n.input[1]] = weights[n.input[1]] * scale[:, None]
+            if n.input[1] in grams:
+                grams[n.input[1]] = grams[n.input[1]] / np.outer(scale, scale)
+        if _fold_into_values(x, scale, graph, inits, chosen, weights, const):
+            continue  # the division happened in V's projection already
         smoothed[x] = f"{x}_smoothed"
         inverse = const(f"{x}_smooth_inv", (1 / scale).astype(np.float32))
         smooth_nodes[x] = helper.make_node("Mul", [x, inverse], [smoothed[x]])
@@ -184,7 +202,11 @@ def quantize_int8(
         if wname not in done_weights:
             w = weights[wname]
             wscale = np.maximum(np.abs(w).max(axis=0), 1e-12) / 127.0
-            wq = np.clip(np.rint(w / wscale), -127, 127).astype(np.int8)
+            if wname in grams:
+                assert gptq_damp is not None
+                wq = _gptq(w, grams[wname], wscale, gptq_damp)
+            else:
+                wq = np.clip(np.rint(w / wscale), -127, 127).astype(np.int8)
             done_weights[wname] = (
                 const(f"{wname}_q8", wq),
                 const(f"{wname}_q8scale", wscale.astype(np.float32)),
@@ -203,9 +225,6 @@ def quantize_int8(
                 add.input[slot] = const(f"{p}_bias", bias - correction)
                 correction = None
         k = inits[wname].dims[0]
-        n = inits[wname].dims[1]
-        flat_shape = const(f"q8_flat_{k}", np.array([-1, k], dtype=np.int64))
-        n_dim = const(f"{p}_n", np.array([n], dtype=np.int64))
         # The input's quantization is shared by every MatMul reading it (Q, K and V).
         qx = f"q8_in_{node.input[0]}"
         nodes = []
@@ -214,33 +233,43 @@ def quantize_int8(
             if node.input[0] in smooth_nodes:
                 nodes.append(smooth_nodes[node.input[0]])
             nodes += [
-                helper.make_node("Shape", [x], [f"{qx}_xshape"]),
-                helper.make_node("Slice", [f"{qx}_xshape", start, minus_one], [f"{qx}_lead"]),
-                helper.make_node("Reshape", [x, flat_shape], [f"{qx}_x2"]),
-                helper.make_node("ReduceMax", [f"{qx}_x2", one_axis], [f"{qx}_max"], keepdims=0),
-                helper.make_node("ReduceMin", [f"{qx}_x2", one_axis], [f"{qx}_min"], keepdims=0),
+                helper.make_node("ReduceMax", [x, last_axis], [f"{qx}_max"], keepdims=1),
                 # The smallest scale that fits the row's range around the fixed zero point.
                 helper.make_node(
                     "Mul", [f"{qx}_max", const(f"{qx}_hi", _f32(1 / (255 - z)))], [f"{qx}_shi"]
                 ),
-                helper.make_node(
-                    "Mul",
-                    [f"{qx}_min", const(f"{qx}_lo", _f32(-1 / max(z, 1) if z else 0))],
-                    [f"{qx}_slo"],
-                ),
-                helper.make_node("Max", [f"{qx}_shi", f"{qx}_slo", eps], [f"{qx}_scale"]),
-                helper.make_node("Shape", [f"{qx}_scale"], [f"{qx}_rows"]),
-                helper.make_node(
-                    "ConstantOfShape",
-                    [f"{qx}_rows"],
-                    [f"{qx}_zps"],
-                    value=numpy_helper.from_array(np.array([z], dtype=np.uint8)),
-                ),
-                helper.make_node(
-                    "QuantizeLinear", [f"{qx}_x2", f"{qx}_scale", f"{qx}_zps"], [f"{qx}_q"], axis=0
-                ),
-                helper.make_node("Unsqueeze", [f"{qx}_scale", one_axis], [f"{qx}_rowscale"]),
             ]
+            if z:
+                nodes += [
+                    helper.make_node("ReduceMin", [x, last_axis], [f"{qx}_min"], keepdims=1),
+                    helper.make_node(
+                        "Mul", [f"{qx}_min", const(f"{qx}_lo", _f32(-1 / z))], [f"{qx}_slo"]
+                    ),
+                    helper.make_node("Max", [f"{qx}_shi", f"{qx}_slo", eps], [f"{qx}_scale"]),
+                    helper.make_node("Shape", [f"{qx}_scale"], [f"{qx}_rows"]),
+                    helper.make_node(
+                        "ConstantOfShape",
+                        [f"{qx}_rows"],
+                        [f"{qx}_zps"],
+                        value=numpy_helper.from_array(np.array([z], dtype=np.uint8)),
+                    ),
+                ]
+            else:
+                # Zero point 0 (shifted GELU, never negative): the row's maximum alone sets
+                # the scale, and QuantizeLinear's default zero point is uint8 0.
+                nodes.append(helper.make_node("Max", [f"{qx}_shi", eps], [f"{qx}_scale"]))
+            # One block spanning the last axis: a scale (and zero point) per token, on the
+            # (batch, seq, dim) tensor as it is (blocked QuantizeLinear, opset 21).
+            nodes.append(
+                helper.make_node(
+                    "QuantizeLinear",
+                    [x, f"{qx}_scale", *([f"{qx}_zps"] if z else [])],
+                    [f"{qx}_q"],
+                    axis=-1,
+                    block_size=k,
+                )
+            )
+        y = f"{p}_y2" if correction is not None else out
         nodes += [
             # ONNX Runtime's fused integer GEMM with the column scales applied on output.
             helper.make_node(
@@ -249,19 +278,11 @@ def quantize_int8(
                 [f"{p}_y1"],
                 domain="com.microsoft",
             ),
-            helper.make_node("Mul", [f"{p}_y1", f"{qx}_rowscale"], [f"{p}_y2"]),
+            helper.make_node("Mul", [f"{p}_y1", f"{qx}_scale"], [y]),
             *(
-                [
-                    helper.make_node(
-                        "Sub", [f"{p}_y2", const(f"{p}_unshift", correction)], [f"{p}_y3"]
-                    )
-                ]
+                [helper.make_node("Sub", [y, const(f"{p}_unshift", correction)], [out])]
                 if correction is not None
                 else []
-            ),
-            helper.make_node("Concat", [f"{qx}_lead", n_dim], [f"{p}_outshape"], axis=0),
-            helper.make_node(
-                "Reshape", [f"{p}_y2" if correction is None else f"{p}_y3", f"{p}_outshape"], [out]
             ),
         ]
         new_nodes[node.name] = nodes
@@ -274,12 +295,73 @@ def quantize_int8(
     graph.node.extend(rebuilt)
     if replaced and not any(o.domain == "com.microsoft" for o in model.opset_import):
         model.opset_import.append(helper.make_opsetid("com.microsoft", 1))
+    for opset in model.opset_import:
+        if opset.domain in ("", "ai.onnx") and replaced:
+            opset.version = max(opset.version, BLOCKED_QUANTIZE_OPSET)
     used = {i for node in graph.node for i in node.input}
     kept = [i for i in graph.initializer if i.name in used]
     del graph.initializer[:]
     graph.initializer.extend(kept + consts)
     _save(model, target)
     return {"int8_matmuls": len(replaced), "fp32_matmuls": len(matmuls) - len(replaced)}
+
+
+def _gptq(
+    w: np.ndarray, gram: np.ndarray, wscale: np.ndarray, damp: float, block: int = 128
+) -> np.ndarray:
+    """int8 ``w`` (k, n) on the column scales ``wscale``, rounded row by row with GPTQ's error
+    feedback (Frantar et al. 2022): each row's rounding error is pushed onto the rows not yet
+    rounded, weighted by the input's Gram matrix, so that ``x @ w`` moves least on inputs like
+    the calibration ones. ``damp`` (a share of the mean diagonal added to it) pulls the result
+    towards round-to-nearest, which generalises better to short texts than the calibration."""
+    k = w.shape[0]
+    work = w.astype(np.float64)
+    h = gram.astype(np.float64)
+    dead = np.diag(h) == 0
+    h[dead, dead] = 1.0
+    h = h + damp * float(np.mean(np.diag(h))) * np.eye(k)
+    upper = np.linalg.cholesky(np.linalg.inv(h)).T
+    q = np.zeros((k, w.shape[1]), dtype=np.int8)
+    for b0 in range(0, k, block):
+        b1 = min(b0 + block, k)
+        errors = np.zeros((b1 - b0, w.shape[1]))
+        for i in range(b0, b1):
+            q[i] = np.clip(np.rint(work[i] / wscale), -127, 127)
+            error = (work[i] - q[i] * wscale) / upper[i, i]
+            work[i + 1 : b1] -= np.outer(upper[i, i + 1 : b1], error)
+            errors[i - b0] = error
+        work[b1:] -= upper[b0:b1, b1:].T @ errors
+    return q
+
+
+def _fold_into_values(
+    x: str,
+    scale: np.ndarray,
+    graph: Any,
+    inits: dict[str, Any],
+    chosen: list[Any],
+    weights: dict[str, np.ndarray],
+    const: Any,
+) -> bool:
+    """Divide V's projection (weights and bias) by ``scale`` per channel when ``x`` is a
+    MultiHeadAttention output whose V MatMul is quantized here: each output channel of
+    attention is a weighted sum of the same channel of V, so this is SmoothQuant's division
+    of ``x`` without a pass over it. Returns whether it did."""
+    from onnx import numpy_helper
+
+    mha = next((n for n in graph.node if x in n.output), None)
+    if mha is None or mha.op_type != "MultiHeadAttention" or len(mha.input) < 3:
+        return False
+    v_matmul = next((n for n in chosen if n.output[0] == mha.input[2]), None)
+    if v_matmul is None or sum(mha.input[2] in n.input for n in graph.node) != 1:
+        return False
+    weights[v_matmul.input[1]] = weights[v_matmul.input[1]] / scale[None, :]
+    if len(mha.input) > 3 and mha.input[3]:
+        bias = numpy_helper.to_array(inits[mha.input[3]]).astype(np.float32)
+        dim = len(scale)
+        bias[2 * dim :] = bias[2 * dim :] / scale
+        mha.input[3] = const(f"{mha.input[3]}_smoothed", bias)
+    return True
 
 
 def _bias_add(graph: Any, tensor: str, inits: dict[str, Any]) -> tuple[Any, int] | None:
@@ -384,10 +466,11 @@ def add_variants(
         target = model_dir / PRECISION_FILES[precision]
         if precision == "int8":
             ranges = calibrate(model_dir, manifest, matmul_inputs(source))
-            recipe = quantize_int8(source, target, keep_fp32, ranges, SMOOTH_ALPHA)
+            recipe = quantize_int8(source, target, keep_fp32, ranges, SMOOTH_ALPHA, GPTQ_DAMP)
             recipe["recipe"] = (
                 "per-token uint8 activations (fixed zero point per input; GELU outputs shifted), "
-                f"per-column int8 weights, SmoothQuant alpha {SMOOTH_ALPHA}; calibrated on "
+                f"per-column int8 weights rounded by GPTQ (damp {GPTQ_DAMP}), SmoothQuant alpha "
+                f"{SMOOTH_ALPHA}; calibrated on "
                 f"{CALIBRATION_TEXTS} pseudo-sentences of the tokenizer's vocabulary"
             )
         elif precision == "fp16":
@@ -406,11 +489,19 @@ def add_variants(
     return manifest
 
 
+class Calibration(NamedTuple):
+    """What calibration text shows of one MatMul input (real tokens only)."""
+
+    top: np.ndarray  # max |x| per channel
+    rows: np.ndarray  # a sample of rows (tokens)
+    gram: np.ndarray  # X^T X / tokens, for GPTQ's rounding
+
+
 def activation_stats(
     source: Path, tensors: Collection[str], feeds: list[dict[str, np.ndarray]]
-) -> dict[str, tuple[np.ndarray, np.ndarray]]:
-    """Max |x| per channel (last axis) of each named tensor of ``source`` over ``feeds``, and
-    a sample of its rows (tokens), real tokens only (where the attention mask is 1)."""
+) -> dict[str, Calibration]:
+    """Calibration figures of each named tensor of ``source`` over ``feeds``, real tokens only
+    (where the attention mask is 1)."""
     import onnx
     import onnxruntime as ort
     from onnx import TensorProto, helper
@@ -427,16 +518,24 @@ def activation_stats(
         probe.unlink()
     names = list(tensors)
     top: dict[str, np.ndarray] = {}
+    gram: dict[str, np.ndarray] = {}
     sample: dict[str, list[np.ndarray]] = {name: [] for name in names}
+    tokens = 0
     for feed in feeds:
         outs = session.run(names, feed)
         real = feed["attention_mask"].reshape(-1).astype(bool)
+        tokens += int(real.sum())
         for name, value in zip(names, outs, strict=True):
             rows = value.reshape(real.shape[0], -1)[real]
             found = np.abs(rows).max(axis=0)
             top[name] = np.maximum(top[name], found) if name in top else found
+            product = rows.T @ rows
+            gram[name] = gram[name] + product if name in gram else product
             sample[name].append(rows[:: max(1, len(rows) // 16)])
-    return {name: (top[name], np.concatenate(sample[name])) for name in names}
+    return {
+        name: Calibration(top[name], np.concatenate(sample[name]), gram[name] / max(tokens, 1))
+        for name in names
+    }
 
 
 def calibration_texts(tokenizer_file: Path, count: int = CALIBRATION_TEXTS) -> list[str]:
@@ -460,7 +559,7 @@ def calibration_texts(tokenizer_file: Path, count: int = CALIBRATION_TEXTS) -> l
 
 def calibrate(
     model_dir: Path, manifest: Manifest, tensors: Collection[str]
-) -> dict[str, tuple[np.ndarray, np.ndarray]]:
+) -> dict[str, Calibration]:
     """``activation_stats`` of ``tensors`` on the vocabulary calibration texts."""
     runtime = TextEmbedding(model_dir, precision=manifest.precision)
     encoded = runtime.tokenize(calibration_texts(model_dir / manifest.tokenizer_file))
