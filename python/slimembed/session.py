@@ -23,6 +23,10 @@ _LOAD_ERRORS: tuple[type[BaseException], ...] = tuple(
     for name in ("Fail", "InvalidGraph", "InvalidProtobuf", "NoSuchFile", "InvalidArgument")
     if hasattr(ort.capi.onnxruntime_pybind11_state, name)
 )
+# ONNX Runtime's CPU SkipLayerNormalization is a scalar loop: on CPU, Add then
+# LayerNormalization measured 10-20% faster for whole MiniLM graphs (FP32 and INT8, 2 threads;
+# benchmarks/RESULTS.md "INT8 and FP16"), so that fusion is left out of CPU-only sessions.
+_CPU_DISABLED_OPTIMIZERS = ["SkipLayerNormFusion"]
 
 
 def choose_providers(
@@ -96,8 +100,14 @@ def create_session(
     if threads is not None:
         options.intra_op_num_threads = threads
         options.inter_op_num_threads = 1
+    cpu_only = all((p if isinstance(p, str) else p[0]) == CPU for p in chosen)
     try:
-        session = ort.InferenceSession(str(path), sess_options=options, providers=chosen)
+        session = ort.InferenceSession(
+            str(path),
+            sess_options=options,
+            providers=chosen,
+            disabled_optimizers=_CPU_DISABLED_OPTIMIZERS if cpu_only else None,
+        )
     except _LOAD_ERRORS as err:
         raise ModelFileError(f"{path} is not a loadable ONNX graph: {err}") from err
     wanted = {p if isinstance(p, str) else p[0] for p in chosen}
