@@ -164,6 +164,15 @@ impl Splitter {
         }
         Some(self.rule.cut(text))
     }
+
+    /// The word the tokenizer's model sees for `piece`, where the layout lets a miss skip the
+    /// tokenizer's pipeline: under `AttachStripped` (no pre-tokenizer, and `pieces` already
+    /// refused texts holding an added token) it is the piece after Prepend "▁" and Replace
+    /// " " -> "▁". `None`: encode the piece with the whole pipeline.
+    pub fn model_word(&self, piece: &str) -> Option<String> {
+        (self.rule == PieceRule::AttachStripped)
+            .then(|| format!("\u{2581}{}", piece.replace(' ', "\u{2581}")))
+    }
 }
 
 fn kind(node: &Value) -> &str {
@@ -414,6 +423,10 @@ mod tests {
         let splitter = Splitter::for_config(&config(llama, Value::Null, bpe, s)).unwrap();
         assert_eq!(splitter.pieces("a <s> b"), None);
         assert_eq!(splitter.pieces("a b"), Some(vec!["a", "b"]));
+        assert_eq!(
+            splitter.model_word("y.  z").as_deref(),
+            Some("\u{2581}y.\u{2581}\u{2581}z")
+        );
     }
 
     #[test]

@@ -200,12 +200,11 @@ impl TextTokenizer {
         if self.piece_ids(index, text, add_special_tokens, out)? {
             return Ok(());
         }
-        // Encoded whole.
         let opts = EncodeOptions {
             add_special_tokens,
             ..EncodeOptions::default()
         };
-        let (ids, _) = self.encode_one(index, text, None, None, &[], &[], &opts)?;
+        let (ids, _) = self.encode_whole(index, text, None, None, &[], &[], &opts)?;
         out.extend_from_slice(&ids);
         Ok(())
     }
@@ -219,24 +218,18 @@ impl TextTokenizer {
         add_special_tokens: bool,
         out: &mut Vec<u32>,
     ) -> Result<bool> {
-        let pieces = match &self.splitter {
-            Some(splitter) if !add_special_tokens => splitter.pieces(text),
-            _ => None,
+        let Some(splitter) = self.splitter.as_ref().filter(|_| !add_special_tokens) else {
+            return Ok(false);
         };
-        let Some(pieces) = pieces else {
+        let Some(pieces) = splitter.pieces(text) else {
             return Ok(false);
         };
         let fail = |e: tokenizers::Error| Error::Tokenize {
             index,
             reason: e.to_string(),
         };
-        let direct = self.piece_rule() == Some(PieceRule::AttachStripped);
         self.cache.extend(&pieces, out, |piece| {
-            if direct {
-                // Llama 2's legacy pipeline spelled out: no added token in the text (Splitter),
-                // Prepend "▁" and Replace " " -> "▁", no pre-tokenizer: the model sees the
-                // normalized piece as one word. Skips the per-call Encoding machinery.
-                let word = format!("\u{2581}{}", piece.replace(' ', "\u{2581}"));
+            if let Some(word) = splitter.model_word(piece) {
                 let tokens = self.inner.get_model().tokenize(&word).map_err(fail)?;
                 return Ok(tokens.iter().map(|t| t.id).collect());
             }
@@ -278,6 +271,21 @@ impl TextTokenizer {
                 return Ok((ids, 0));
             }
         }
+        self.encode_whole(index, text, instruction, budget, prefix, suffix, opts)
+    }
+
+    /// `encode_one` through the tokenizers crate's full pipeline, the text encoded whole.
+    #[allow(clippy::too_many_arguments)]
+    fn encode_whole(
+        &self,
+        index: usize,
+        text: &str,
+        instruction: Option<&str>,
+        budget: Option<usize>,
+        prefix: &[Token],
+        suffix: &[Token],
+        opts: &EncodeOptions,
+    ) -> Result<(Vec<u32>, usize)> {
         let fail = |e: tokenizers::Error| Error::Tokenize {
             index,
             reason: e.to_string(),
