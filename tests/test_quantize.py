@@ -13,10 +13,10 @@ import pytest
 from click.testing import CliRunner
 
 from benchmarks.datasets import scifact, sts
-from slimembed import Manifest, ManifestError, TextEmbedding
+from slimembed import Manifest, ManifestError, TextEmbedding, session
 from slimembed.cli import main
 from slimembed.manifest import GraphVariant
-from slimembed.session import choose_precision
+from slimembed.session import choose_precision, create_session
 from slimembed_export import ExportOptions, export_model
 from slimembed_export.errors import ExportError
 from slimembed_export.quantize import _gptq, add_variants, calibration_texts
@@ -48,6 +48,24 @@ def test_int8_is_faithful_on_real_weights(minilm_quantized: Path) -> None:
     # The thresholds (its full-data figures come from benchmarks/quantization.py).
     assert cos.mean() >= 0.999, cos.mean()
     assert cos.min() >= 0.995, cos.min()
+
+
+@pytest.mark.parametrize("saturates", [True, False])
+def test_int8_sessions_take_exact_kernels_where_u8s8_saturates(
+    minilm_quantized: Path, monkeypatch: pytest.MonkeyPatch, saturates: bool
+) -> None:
+    # Without VNNI, ONNX Runtime's u8 x s8 GEMM saturates int16 pair sums (the faithfulness
+    # test above fails there without the exact kernels: mean 0.9968); with VNNI it is exact
+    # and faster, so the option must not be forced on.
+    monkeypatch.setattr(session._core, "int8_gemm_saturates", lambda: saturates)
+    manifest = Manifest.load(minilm_quantized)
+    made = create_session(minilm_quantized, manifest, graph_file="model.int8.onnx")
+    options = made.get_session_options()
+    if saturates:
+        assert options.get_session_config_entry("session.x64quantprecision") == "1"
+    else:
+        with pytest.raises(RuntimeError, match="x64quantprecision"):
+            options.get_session_config_entry("session.x64quantprecision")
 
 
 @pytest.mark.parametrize("precision", ["int8", "fp16"])

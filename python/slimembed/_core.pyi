@@ -6,7 +6,7 @@ import numpy as np
 import numpy.typing as npt
 from typing_extensions import Self, final
 
-__all__ = ["POOLING_MODES", "Encoded", "StaticModel", "Tokenizer", "pool"]
+__all__ = ["POOLING_MODES", "Encoded", "StaticModel", "Tokenizer", "int8_gemm_saturates", "pool"]
 
 POOLING_MODES: list[str]
 
@@ -79,3 +79,4 @@ def pool(
     normalize: bool = False,
     dim: int | None = None,
 ) -> npt.NDArray[np.float32]: ...
+def int8_gemm_saturates() -> bool: ...

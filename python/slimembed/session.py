@@ -12,6 +12,7 @@ from pathlib import Path
 
 import onnxruntime as ort
 
+from slimembed import _core
 from slimembed.errors import ModelFileError, ProviderError
 from slimembed.manifest import Manifest
 
@@ -27,6 +28,12 @@ _LOAD_ERRORS: tuple[type[BaseException], ...] = tuple(
 # LayerNormalization measured 10-20% faster for whole MiniLM graphs (FP32 and INT8, 2 threads;
 # benchmarks/RESULTS.md "INT8 and FP16"), so that fusion is left out of CPU-only sessions.
 _CPU_DISABLED_OPTIMIZERS = ["SkipLayerNormFusion"]
+# On x86 without VNNI, ONNX Runtime's u8 x s8 integer GEMM adds pairs of products into a
+# saturating int16 and gets large ones wrong (slimembed._core.int8_gemm_saturates): there INT8
+# sessions take its exact u8 x u8 kernels instead (the weights are converted when the session
+# is made). On all-MiniLM-L6-v2 the saturating kernel moved mean cosine to FP32 from 0.9992 to
+# 0.9968 (benchmarks/RESULTS.md, "INT8 on a CPU without VNNI").
+_EXACT_INT8_GEMM = ("session.x64quantprecision", "1")
 
 
 def choose_providers(
@@ -100,7 +107,10 @@ def create_session(
     if threads is not None:
         options.intra_op_num_threads = threads
         options.inter_op_num_threads = 1
-    cpu_only = all((p if isinstance(p, str) else p[0]) == CPU for p in chosen)
+    names = [p if isinstance(p, str) else p[0] for p in chosen]
+    cpu_only = all(name == CPU for name in names)
+    if CPU in names and _core.int8_gemm_saturates():
+        options.add_session_config_entry(*_EXACT_INT8_GEMM)
     try:
         session = ort.InferenceSession(
             str(path),
@@ -110,7 +120,7 @@ def create_session(
         )
     except _LOAD_ERRORS as err:
         raise ModelFileError(f"{path} is not a loadable ONNX graph: {err}") from err
-    wanted = {p if isinstance(p, str) else p[0] for p in chosen}
+    wanted = set(names)
     lost = wanted - set(session.get_providers())
     if lost:
         raise ProviderError(

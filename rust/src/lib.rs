@@ -3,6 +3,7 @@
 //! The kernels (`tokenize`, `pooling`) never see a PyO3 type, so `cargo test` runs without Python;
 //! `py.rs`, behind the `python` feature, is the only place that does.
 
+pub mod cpu;
 pub mod error;
 pub mod pieces;
 pub mod pooling;

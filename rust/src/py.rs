@@ -289,6 +289,13 @@ fn pool<'py>(
     Ok(out.into_pyarray(py))
 }
 
+/// Whether ONNX Runtime's default u8×s8 integer GEMM can saturate on this CPU (x86 without
+/// VNNI): INT8 sessions then ask for its exact u8×u8 kernels.
+#[pyfunction]
+fn int8_gemm_saturates() -> bool {
+    crate::cpu::int8_gemm_saturates()
+}
+
 #[pymodule]
 fn _core(m: &Bound<'_, PyModule>) -> PyResult<()> {
     #[cfg(unix)]
@@ -300,6 +307,7 @@ fn _core(m: &Bound<'_, PyModule>) -> PyResult<()> {
     m.add_class::<PyEncoded>()?;
     m.add_class::<PyStaticModel>()?;
     m.add_function(wrap_pyfunction!(pool, m)?)?;
+    m.add_function(wrap_pyfunction!(int8_gemm_saturates, m)?)?;
     m.add("POOLING_MODES", Pooling::NAMES.to_vec())?;
     Ok(())
 }
