@@ -18,7 +18,8 @@ import random
 import shutil
 import sys
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
@@ -27,7 +28,8 @@ import numpy as np
 from benchmarks.datasets import all_texts, scifact, sts
 from benchmarks.quality import scifact_ndcg
 from benchmarks.timing import interleaved, machine, ratio, summary, versions
-from slimembed import Manifest, TextEmbedding
+from slimembed import Manifest, TextEmbedding, session
+from slimembed._core import int8_gemm_saturates
 from slimembed_export.verify import cosines
 
 THREADS = 2
@@ -67,8 +69,22 @@ def _engines(model_dir: Path, baseline: Path | None) -> dict[str, TextEmbedding]
         "int8": TextEmbedding(model_dir, threads=THREADS, precision="int8"),
     }
     if baseline is not None:
-        engines["ort-dynamic"] = TextEmbedding(baseline, threads=THREADS)
+        # As fastembed and sentence-transformers run it: ONNX Runtime's default integer GEMM,
+        # which on x86 without VNNI is the saturating u8 x s8 one (slimembed.session).
+        with _default_int8_gemm():
+            engines["ort-dynamic"] = TextEmbedding(baseline, threads=THREADS)
     return engines
+
+
+@contextmanager
+def _default_int8_gemm() -> Iterator[None]:
+    """Sessions made inside keep ONNX Runtime's default integer GEMM on every CPU."""
+    saturates = session._core.int8_gemm_saturates
+    session._core.int8_gemm_saturates = lambda: False  # type: ignore[method-assign]
+    try:
+        yield
+    finally:
+        session._core.int8_gemm_saturates = saturates  # type: ignore[method-assign]
 
 
 def speed(
@@ -162,6 +178,8 @@ def main(argv: list[str] | None = None) -> None:
         "model": str(model_dir),
         "source": manifest.source.get("id"),
         "threads": THREADS,
+        # True: the CPU lacks VNNI and slimembed's INT8 runs ONNX Runtime's exact u8 x u8 GEMM.
+        "int8_gemm_saturates": int8_gemm_saturates(),
         "batch_size": BATCH,
         "int8_manifest_figures": manifest.variants["int8"].fidelity,
         "sizes_bytes": {
