@@ -170,3 +170,28 @@ def test_external_data_graph_exports_loads_and_matches(
     texts = reference.mixed_texts()
     want = TextEmbedding(exported("qwen3")).encode(texts)
     np.testing.assert_allclose(TextEmbedding(out).encode(texts), want, atol=1e-5)
+
+
+def test_external_data_graph_loads_from_a_hub_cache_layout(
+    tiny_source: Callable[[str], Path], tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """As the Hugging Face cache stores a download: each file of the snapshot a symlink into
+    blobs/ under a hash name. ONNX Runtime refuses external data that resolves outside the
+    graph's folder; the runtime must still load it, without copying the weights."""
+    out = tmp_path / "external"
+    export_model(str(tiny_source("qwen3")), out, ExportOptions(max_length=128, external_data=True))
+    blobs, snapshot = tmp_path / "hub" / "blobs", tmp_path / "hub" / "snapshots" / "abc123"
+    blobs.mkdir(parents=True)
+    snapshot.mkdir(parents=True)
+    for i, file in enumerate(sorted(out.iterdir())):
+        shutil.copy(file, blobs / f"blob{i:02d}")
+        (snapshot / file.name).symlink_to(Path("../../blobs") / f"blob{i:02d}")
+    monkeypatch.setenv("SLIMEMBED_CACHE_DIR", str(tmp_path / "cache"))
+    texts = reference.mixed_texts()
+    want = TextEmbedding(out).encode(texts)
+    np.testing.assert_array_equal(TextEmbedding(snapshot).encode(texts), want)
+    linked = list((tmp_path / "cache" / "linked").glob("*/model.onnx.data"))
+    assert len(linked) == 1
+    assert linked[0].stat().st_nlink >= 2  # a hard link, not a copy
+    np.testing.assert_array_equal(TextEmbedding(snapshot).encode(texts), want)  # made once
+    assert len(list((tmp_path / "cache" / "linked").iterdir())) == 1

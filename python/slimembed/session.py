@@ -7,12 +7,15 @@ really got are checked after it is created.
 
 from __future__ import annotations
 
+import hashlib
+import os
+import shutil
 from collections.abc import Sequence
 from pathlib import Path
 
 import onnxruntime as ort
 
-from slimembed import _core
+from slimembed import _core, env
 from slimembed.errors import ModelFileError, ProviderError
 from slimembed.manifest import Manifest
 
@@ -102,6 +105,7 @@ def create_session(
     if not path.is_file():
         raise ModelFileError(f"{path} not found: the manifest names it as the model graph")
     chosen = choose_providers(providers, cuda, device_id)
+    loadable = _beside_its_data(path)
     options = ort.SessionOptions()
     options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
     if threads is not None:
@@ -113,7 +117,7 @@ def create_session(
         options.add_session_config_entry(*_EXACT_INT8_GEMM)
     try:
         session = ort.InferenceSession(
-            str(path),
+            str(loadable),
             sess_options=options,
             providers=chosen,
             disabled_optimizers=_CPU_DISABLED_OPTIMIZERS if cpu_only else None,
@@ -129,6 +133,41 @@ def create_session(
         )
     check_graph(session, manifest, path)
     return session
+
+
+def _beside_its_data(path: Path) -> Path:
+    """``path``, or where it and its external data (``<graph>.data``) sit together as real files.
+
+    ONNX Runtime refuses external data that resolves outside the graph's directory, and the
+    Hugging Face cache stores each file of a snapshot as a symlink into a shared ``blobs/``
+    folder under a hash name. Such a graph gets a folder of its own under the cache, holding
+    hard links to the two files under their own names (copies where links cannot be made:
+    another file system); it is made once per pair of files.
+    """
+    data = path.with_name(path.name + ".data")
+    if not (path.is_symlink() or data.is_symlink()) or not data.is_file():
+        return path
+    graph_real, data_real = path.resolve(), data.resolve()
+    if graph_real.parent == data_real.parent and data_real.name == data.name:
+        return graph_real  # the links lead to a folder that keeps both together
+    key = hashlib.sha256(f"{graph_real}\0{data_real}".encode()).hexdigest()[:24]
+    folder = env.cache_dir() / "linked" / key
+    target = folder / path.name
+    if target.is_file() and (folder / data.name).is_file():
+        return target
+    staging = folder.with_name(f"{key}.{os.getpid()}.partial")
+    shutil.rmtree(staging, ignore_errors=True)
+    staging.mkdir(parents=True)
+    for real, name in ((graph_real, path.name), (data_real, data.name)):
+        try:
+            os.link(real, staging / name)
+        except OSError:
+            shutil.copyfile(real, staging / name)
+    try:
+        staging.rename(folder)
+    except OSError:  # another process made it first
+        shutil.rmtree(staging, ignore_errors=True)
+    return target
 
 
 def check_graph(session: ort.InferenceSession, manifest: Manifest, path: Path) -> None:
