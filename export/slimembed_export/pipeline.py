@@ -192,7 +192,14 @@ def _export_transformer(
     )
     manifest = manifest.with_changes(parity=figures)
     if set(precisions) - {"fp32"}:
+        import gc
+
         from slimembed_export.quantize import add_variants
+
+        # The PyTorch weights are not needed past the parity check; quantizing a large
+        # model holds the FP32 graph, its calibration statistics and two sessions at once.
+        del model
+        gc.collect()
 
         manifest = add_variants(staging, manifest, precisions, _command(source, opts))
     return manifest
