@@ -561,7 +561,8 @@ def calibrate(
     model_dir: Path, manifest: Manifest, tensors: Collection[str]
 ) -> dict[str, Calibration]:
     """``activation_stats`` of ``tensors`` on the vocabulary calibration texts."""
-    runtime = TextEmbedding(model_dir, precision=manifest.precision)
+    # Only its tokenizer is used: no session (a second copy of a large model's weights).
+    runtime = TextEmbedding(model_dir, precision=manifest.precision, lazy_load=True)
     encoded = runtime.tokenize(calibration_texts(model_dir / manifest.tokenizer_file))
     feeds = []
     rows = np.arange(len(encoded.lengths()))
