@@ -8,7 +8,24 @@ import sys
 from collections.abc import Callable
 from pathlib import Path
 
-HEAVY = ("torch", "transformers", "tokenizers", "sentence_transformers", "onnx", "slimembed_export")
+# PyTorch's side, the other distributions (export, benchmarks), and what the optional faces
+# (the server, the Ray integration) bring.
+HEAVY = (
+    "torch",
+    "transformers",
+    "tokenizers",
+    "sentence_transformers",
+    "onnx",
+    "slimembed_export",
+    "benchmarks",
+    "starlette",
+    "fastapi",
+    "uvicorn",
+    "granian",
+    "ray",
+    "pyarrow",
+    "pandas",
+)
 
 SCRIPT = """
 import json, sys

@@ -84,7 +84,7 @@ def test_rerank_api_order_mean_and_errors(rerankers: dict) -> None:  # type: ign
     np.testing.assert_allclose(
         scores, sgpt_reference(source, [(query, d) for d in docs], 4), atol=1e-4
     )
-    tokens = len(reranker._tokenizer.encode([query], add_special_tokens=False).row(0))
+    tokens = len(reranker.tokenizer.encode([query], add_special_tokens=False).row(0))
     np.testing.assert_allclose(
         list(reranker.rerank(query, docs, mean=True)), np.array(scores) / tokens, atol=1e-6
     )

@@ -13,6 +13,7 @@ import pytest
 
 from benchmarks.datasets import all_texts
 from slimembed import Manifest, ManifestError, ModelFileError, TextEmbedding
+from slimembed.backends import StaticBackend
 from slimembed_export import ExportError, ExportOptions, export_model
 from tests.reference import cosine
 
@@ -137,7 +138,7 @@ def test_int8_table_is_a_quarter_of_fp32(wordllama_model2vec: Path, tmp_path: Pa
 def test_static_runtime_edges(wordllama_model2vec: Path, tmp_path: Path) -> None:
     export_model(str(wordllama_model2vec), tmp_path / "m", ExportOptions())
     model = TextEmbedding(tmp_path / "m")
-    assert model._session is None  # no ONNX Runtime session for a static model
+    assert isinstance(model.backend, StaticBackend)  # no ONNX Runtime session
     vectors = model.encode(["", "hello world", "hello world " * 2000])
     np.testing.assert_array_equal(vectors[0], 0.0)
     # No maximum length: a long repetition averages to the same direction as one copy.

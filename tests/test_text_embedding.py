@@ -21,6 +21,7 @@ from slimembed import (
     TextEmbedding,
     UnknownModelError,
 )
+from slimembed.backends import TransformerBackend
 from slimembed.cli import main
 from tests import tiny
 from tests.reference import cosine
@@ -147,9 +148,10 @@ def test_same_results_from_eight_threads(model: TextEmbedding) -> None:
 
 def test_lazy_load_defers_the_session(bert: Path) -> None:
     model = TextEmbedding(bert, lazy_load=True)
-    assert model._session is None
+    assert isinstance(model.backend, TransformerBackend)
+    assert not model.backend.runner.loaded
     assert model.encode(["x"]).shape == (1, model.embedding_size)
-    assert model._session is not None
+    assert model.backend.runner.loaded
 
 
 def test_cuda_request_without_cuda_is_an_error(bert: Path) -> None:

@@ -38,6 +38,7 @@ from typing import Any, NamedTuple
 import numpy as np
 
 from slimembed import TextEmbedding
+from slimembed.backends import TransformerBackend
 from slimembed.manifest import GraphVariant, Manifest
 from slimembed_export.errors import ExportError
 from slimembed_export.verify import PROBE_TEXTS, cosines
@@ -563,22 +564,14 @@ def calibrate(
     """``activation_stats`` of ``tensors`` on the vocabulary calibration texts."""
     # Only its tokenizer is used: no session (a second copy of a large model's weights).
     runtime = TextEmbedding(model_dir, precision=manifest.precision, lazy_load=True)
+    assert isinstance(runtime.backend, TransformerBackend)
+    runner = runtime.backend.runner
     encoded = runtime.tokenize(calibration_texts(model_dir / manifest.tokenizer_file))
-    feeds = []
     rows = np.arange(len(encoded.lengths()))
-    for start in range(0, len(rows), 16):
-        ids, mask, _, positions = encoded.pad(
-            rows[start : start + 16],
-            padding_side=manifest.padding_side,
-            pad_id=manifest.pad_id,
-            positions="position_ids" in manifest.graph_inputs,
-        )
-        feed = {"input_ids": ids, "attention_mask": mask}
-        if "position_ids" in manifest.graph_inputs:
-            feed["position_ids"] = positions
-        if "token_type_ids" in manifest.graph_inputs:
-            feed["token_type_ids"] = np.zeros_like(ids)
-        feeds.append(feed)
+    feeds = [
+        runner.feeds(runner.pad(encoded, rows[start : start + 16]))
+        for start in range(0, len(rows), 16)
+    ]
     assert manifest.graph_file is not None
     return activation_stats(model_dir / manifest.graph_file, tensors, feeds)
 

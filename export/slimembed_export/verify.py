@@ -16,6 +16,7 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 
 from slimembed import Manifest, TextEmbedding, _core
+from slimembed.runner import Batch, GraphRunner
 from slimembed_export.errors import ExportError
 
 if TYPE_CHECKING:
@@ -159,8 +160,6 @@ def check_static_parity(
 ) -> dict[str, Any]:
     """A static export against the source formula (numpy, Python tokenizers) on its own table,
     its fidelity to the float32 source table, and the portable ONNX graph against the runtime."""
-    import onnxruntime as ort
-
     from slimembed import tables
     from slimembed_export.static import reference_embed
 
@@ -169,21 +168,14 @@ def check_static_parity(
     exact = _min_cosine(reference_embed(source, texts, tables.dequantize(tensors)), ours)
     to_fp32 = cosines(reference_embed(source, texts, source.embeddings), ours)
 
+    # The portable graph takes every token; the dropped id is masked out of the mean instead.
+    runner = GraphRunner(model_dir, manifest, providers=["CPUExecutionProvider"])
     tokenizer = _core.Tokenizer(model_dir / manifest.tokenizer_file)
-    encoded = tokenizer.encode(texts, add_special_tokens=False)
-    rows = []
-    for i in range(len(texts)):
-        ids = encoded.row(i)
-        rows.append(ids[ids != manifest.skip_id] if manifest.skip_id is not None else ids)
-    seq = max(1, max(len(r) for r in rows))
-    ids = np.zeros((len(rows), seq), dtype=np.int64)
-    mask = np.zeros_like(ids)
-    for i, r in enumerate(rows):
-        ids[i, : len(r)], mask[i, : len(r)] = r, 1
-    session = ort.InferenceSession(
-        str(model_dir / manifest.graph_file), providers=["CPUExecutionProvider"]
-    )
-    hidden = session.run(None, {"input_ids": ids, "attention_mask": mask})[0]
+    batch = runner.pad(tokenizer.encode(texts, add_special_tokens=False), np.arange(len(texts)))
+    mask = batch.mask.copy()
+    if manifest.skip_id is not None:
+        mask[batch.ids == manifest.skip_id] = 0
+    hidden = runner.run(Batch(batch.ids, mask, batch.skip))
     graph = _core.pool(hidden, mask, "mean", normalize=manifest.normalize)
     figures = {
         "probe_texts": len(texts),

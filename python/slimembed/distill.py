@@ -20,7 +20,9 @@ import numpy as np
 import numpy.typing as npt
 
 from slimembed import _core, tables
+from slimembed.backends import TransformerBackend
 from slimembed.manifest import Manifest
+from slimembed.runner import Batch
 from slimembed.static_model import unknown_token_id, write_static_model
 from slimembed.text_embedding import TextEmbedding
 
@@ -49,7 +51,10 @@ def token_vectors(
     progress: bool = False,
 ) -> npt.NDArray[np.float32]:
     """One pooled, unnormalized vector per token id, each token alone between special tokens."""
-    tokenizer = model._tokenizer
+    backend = model.backend
+    if not isinstance(backend, TransformerBackend):
+        raise ValueError(f"{model.model_name} is a static model; distill needs a transformer")
+    tokenizer, runner = backend.tokenizer, backend.runner
     m = model.manifest
     vocab = len(token_ids)
     # Where a lone token sits among the special tokens: encode it between them twice.
@@ -69,7 +74,8 @@ def token_vectors(
     for start in range(0, vocab, batch_size):
         ids = template[start : start + batch_size]
         n = len(ids)
-        hidden = model.hidden_states(ids, mask[:n], positions[:n])
+        batch = Batch(ids, mask[:n], np.zeros(n, dtype=np.int64), positions[:n])
+        hidden = runner.run(batch)
         out[start : start + n] = _core.pool(hidden, mask[:n], m.pooling, normalize=False)
         if bar is not None:
             bar.update(n)
@@ -128,7 +134,7 @@ def distill(
     vectors = token_vectors(model, token_ids, batch_size=batch_size, progress=progress)
     reduced, kept = pca(vectors, dims)
     # Tokens left out (special, unused) keep a zero row; the rest are PCA'd and SIF-weighted.
-    table = np.zeros((model._tokenizer.vocab_size, dims), dtype=np.float32)
+    table = np.zeros((model.backend.tokenizer.vocab_size, dims), dtype=np.float32)
     table[token_ids] = reduced * sif_weights(len(reduced), sif_coefficient)[:, None]
 
     manifest = write_static_model(

@@ -53,6 +53,33 @@ def resolve_model(
     return _download(repo_id, cache_dir, revision, local_files_only, manifest_files(manifest))
 
 
+# What to say when a model of one task is opened by the façade of the other.
+_WRONG_TASK = {
+    "embed": "{dir} is a {task} model: load it with TextCrossEncoder",
+    "rerank": "{dir} is an embedding model (task {task!r}): load it with TextEmbedding; export a "
+    "causal LM with `--task rerank` for TextCrossEncoder",
+}
+
+
+def open_model(
+    model: str | os.PathLike[str],
+    *,
+    task: str,
+    cache_dir: str | os.PathLike[str] | None = None,
+    revision: str | None = None,
+    local_files_only: bool = False,
+) -> tuple[Path, Manifest]:
+    """The model directory for ``model`` (as ``resolve_model``) and its manifest, which must
+    be of ``task`` (``"embed"`` or ``"rerank"``); ModelFileError otherwise."""
+    model_dir = resolve_model(
+        model, cache_dir=cache_dir, revision=revision, local_files_only=local_files_only
+    )
+    manifest = Manifest.load(model_dir)
+    if manifest.task != task:
+        raise ModelFileError(_WRONG_TASK[task].format(dir=model_dir, task=manifest.task))
+    return model_dir, manifest
+
+
 def manifest_files(manifest: Manifest) -> list[str]:
     """What to download of a model repository: the manifest, every graph (each precision) with
     its external data (``model.onnx.data`` and the like), the table and the tokenizer."""

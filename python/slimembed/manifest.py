@@ -61,6 +61,41 @@ class Prompt:
         head, _, tail = self.template.partition("{text}")
         return head.replace("{instruction}", chosen or ""), tail
 
+    def plan(self, instruction: str | None = None) -> PromptPlan:
+        """What this prompt does to every text, with ``instruction`` (else the default)."""
+        head, tail = self.split(instruction)
+        return PromptPlan(
+            head=head,
+            tail=tail,
+            prefix_ids=self.prefix_ids,
+            suffix_ids=self.suffix_ids,
+            exclude_instruction=self.exclude_instruction and bool(head),
+        )
+
+
+@dataclass(frozen=True)
+class PromptPlan:
+    """A prompt resolved for one call: the text before (``head``) and after (``tail``) each
+    text, the ids inserted around its tokens, and whether ``head`` is tokenized on its own and
+    left out of pooling (``exclude_instruction``, GritLM). ``PromptPlan()`` is the raw text.
+    """
+
+    head: str = ""
+    tail: str = ""
+    prefix_ids: tuple[int, ...] = ()
+    suffix_ids: tuple[int, ...] = ()
+    exclude_instruction: bool = False
+
+    def wrap(self, texts: list[str]) -> list[str]:
+        """``texts`` with the head and tail around them (the head kept apart when excluded)."""
+        head = "" if self.exclude_instruction else self.head
+        if not (head or self.tail):
+            return texts
+        return [head + t + self.tail for t in texts]
+
+
+RAW = PromptPlan()
+
 
 @dataclass(frozen=True)
 class GraphVariant:

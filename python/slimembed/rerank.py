@@ -12,27 +12,22 @@ query are never cut. The graph gathers the hidden states at the query's position
 from __future__ import annotations
 
 import os
-import threading
 from collections.abc import Iterable, Iterator, Sequence
 from itertools import islice
-from pathlib import Path
-from typing import Any
 
 import numpy as np
 import numpy.typing as npt
 
 from slimembed import _core, env, hub
+from slimembed.backends import load_native
 from slimembed.batching import plan_batches
-from slimembed.errors import ModelFileError
-from slimembed.manifest import Manifest
-from slimembed.session import create_session
+from slimembed.runner import GraphRunner
 from slimembed.text_embedding import (
     CHUNK_SIZE,
     DEFAULT_MAX_TOKENS,
     TextEmbedding,
-    _check_texts,
-    _native,
     check_limits,
+    check_texts,
 )
 
 DEFAULT_BATCH_SIZE = 64
@@ -60,30 +55,28 @@ class TextCrossEncoder:
     ) -> None:
         check_limits(max_tokens, threads)
         self.model_name = str(model_name)
-        self.model_dir: Path = hub.resolve_model(
-            model_name, cache_dir=cache_dir, revision=revision, local_files_only=local_files_only
+        self.model_dir, self.manifest = hub.open_model(
+            model_name,
+            task="rerank",
+            cache_dir=cache_dir,
+            revision=revision,
+            local_files_only=local_files_only,
         )
-        self.manifest = Manifest.load(self.model_dir)
-        if self.manifest.task != "rerank":
-            raise ModelFileError(
-                f"{self.model_dir} is an embedding model (task {self.manifest.task!r}): load it "
-                "with TextEmbedding; export a causal LM with `--task rerank` for TextCrossEncoder"
-            )
         assert self.manifest.rerank_template is not None  # the manifest checks it
         self.max_tokens = max_tokens
-        self._tokenizer = _native(_core.Tokenizer, self.model_dir / self.manifest.tokenizer_file)
+        self.tokenizer = load_native(_core.Tokenizer, self.model_dir / self.manifest.tokenizer_file)
         head, _, _ = self.manifest.rerank_template.partition("{document}")
-        self._head_len = len(self._tokenizer.encode([head], add_special_tokens=False).row(0))
-        self._session_args: dict[str, Any] = {
-            "providers": providers,
-            "cuda": cuda,
-            "device_id": device_id,
-            "threads": env.default_threads() if threads is None else threads,
-        }
-        self._session: Any = None
-        self._lock = threading.Lock()
+        self._head_len = len(self.tokenizer.encode([head], add_special_tokens=False).row(0))
+        self.runner = GraphRunner(
+            self.model_dir,
+            self.manifest,
+            providers=providers,
+            cuda=cuda,
+            device_id=device_id,
+            threads=env.default_threads() if threads is None else threads,
+        )
         if not lazy_load:
-            self._load()
+            self.runner.load()
 
     def rerank(
         self,
@@ -123,8 +116,8 @@ class TextCrossEncoder:
                     raise TypeError(f"pairs[{offset + i}] is not a (query, document) pair")
             queries = [q for q, _ in chunk]
             documents = [d for _, d in chunk]
-            _check_texts(queries, offset)
-            _check_texts(documents, offset)
+            check_texts(queries, offset)
+            check_texts(documents, offset)
             yield from self._score_chunk(queries, documents, batch_size, mean, offset).tolist()
             offset += len(chunk)
 
@@ -132,76 +125,43 @@ class TextCrossEncoder:
         self, queries: list[str], documents: list[str], batch_size: int, mean: bool, offset: int
     ) -> npt.NDArray[np.float64]:
         rows, targets = self._rows(queries, documents, offset)
-        scores = np.zeros(len(rows), dtype=np.float64)
-        lengths = np.array([len(r) for r in rows])
+        lengths, counts = rows.lengths(), targets.lengths()
+        scores = np.zeros(len(queries), dtype=np.float64)
         for batch in plan_batches(lengths, batch_size, self.max_tokens):
-            logprobs = self._run([rows[i] for i in batch], [targets[i] for i in batch])
-            for b, i in enumerate(batch):
-                k = len(targets[i])
-                total = float(logprobs[b, :k].astype(np.float64).sum())
-                scores[i] = total / k if mean else total
+            padded = self.runner.pad(rows, batch)
+            wanted, scored, _, _ = targets.pad(batch)
+            # The query's k tokens are predicted by the row's last k positions.
+            ends = padded.ids.shape[1] if self.manifest.padding_side == "left" else lengths[batch]
+            positions = (ends - counts[batch])[:, None] + np.arange(wanted.shape[1])
+            logprobs = self.runner.run(
+                padded, {"target_positions": positions * scored, "target_ids": wanted}
+            )
+            sums = np.where(scored == 1, logprobs.astype(np.float64), 0.0).sum(axis=1)
+            scores[batch] = sums / counts[batch] if mean else sums
         return scores
 
     def _rows(
         self, queries: list[str], documents: list[str], offset: int
-    ) -> tuple[list[npt.NDArray[np.int64]], list[npt.NDArray[np.int64]]]:
+    ) -> tuple[_core.Encoded, _core.Encoded]:
         """Each pair's model input (prompt, document, query, last token dropped) and the query's
         token ids, the targets scored at the input's last positions."""
         template = self.manifest.rerank_template
         assert template is not None
         contexts = [template.replace("{document}", d) for d in documents]
-        ctx = self._tokenizer.encode(contexts, add_special_tokens=False)
-        qry = self._tokenizer.encode(queries, add_special_tokens=False)
+        ctx = self.tokenizer.encode(contexts, add_special_tokens=False)
+        qry = self.tokenizer.encode(queries, add_special_tokens=False)
         head = self._head_len
         room = None if self.manifest.max_length is None else self.manifest.max_length + 1 - head
-        rows, targets = [], []
-        for i in range(len(queries)):
-            c, q = ctx.row(i), qry.row(i)
-            if len(q) == 0:
-                raise ValueError(f"query of pair {offset + i} has no tokens to score")
-            if room is not None and len(q) >= room:
-                raise ValueError(
-                    f"query of pair {offset + i} has {len(q)} tokens; with the prompt it must "
-                    f"stay under the max length {self.manifest.max_length} (queries are never cut)"
-                )
-            tail = np.concatenate([c[head:], q])
-            full = np.concatenate([c[:head], tail if room is None else tail[-room:]])
-            rows.append(full[:-1])
-            targets.append(q)
-        return rows, targets
-
-    def _run(
-        self, rows: list[npt.NDArray[np.int64]], targets: list[npt.NDArray[np.int64]]
-    ) -> npt.NDArray[np.float32]:
-        m = self.manifest
-        seq, width = max(len(r) for r in rows), max(len(t) for t in targets)
-        ids = np.full((len(rows), seq), m.pad_id, dtype=np.int64)
-        mask = np.zeros_like(ids)
-        positions = np.zeros((len(rows), width), dtype=np.int64)
-        wanted = np.zeros_like(positions)
-        for b, (row, target) in enumerate(zip(rows, targets, strict=True)):
-            start = seq - len(row) if m.padding_side == "left" else 0
-            ids[b, start : start + len(row)] = row
-            mask[b, start : start + len(row)] = 1
-            # The query's k tokens are predicted by the row's last k positions.
-            k = len(target)
-            positions[b, :k] = np.arange(start + len(row) - k, start + len(row))
-            wanted[b, :k] = target
-        session = self._session or self._load()
-        feeds = {
-            "input_ids": ids,
-            "attention_mask": mask,
-            "target_positions": positions,
-            "target_ids": wanted,
-        }
-        out: npt.NDArray[np.float32] = session.run([m.graph_output], feeds)[0]
-        return out
-
-    def _load(self) -> Any:
-        with self._lock:
-            if self._session is None:
-                self._session = create_session(self.model_dir, self.manifest, **self._session_args)
-            return self._session
+        counts = qry.lengths()
+        if (empty := np.flatnonzero(counts == 0)).size:
+            raise ValueError(f"query of pair {offset + int(empty[0])} has no tokens to score")
+        if room is not None and (long := np.flatnonzero(counts >= room)).size:
+            i = int(long[0])
+            raise ValueError(
+                f"query of pair {offset + i} has {counts[i]} tokens; with the prompt it must "
+                f"stay under the max length {self.manifest.max_length} (queries are never cut)"
+            )
+        return ctx.rerank_rows(qry, keep=head, room=room), qry
 
     def __repr__(self) -> str:
         return f"TextCrossEncoder({self.model_name!r})"

@@ -11,21 +11,18 @@ Performance notes:
 from __future__ import annotations
 
 import os
-import threading
-from collections.abc import Callable, Iterable, Iterator, Sequence, Sized
+from collections.abc import Iterable, Iterator, Sequence, Sized
 from dataclasses import replace
 from itertools import islice
 from pathlib import Path
-from typing import Any, TypeVar
+from typing import Any
 
 import numpy as np
 import numpy.typing as npt
 
 from slimembed import _core, env, hub, registry
-from slimembed.batching import plan_batches
-from slimembed.errors import ModelFileError, ProviderError
-from slimembed.manifest import Manifest, Prompt
-from slimembed.session import choose_precision, create_session
+from slimembed.backends import Backend, load_backend
+from slimembed.manifest import RAW, Prompt, PromptPlan
 
 DEFAULT_BATCH_SIZE = 256
 DEFAULT_MAX_TOKENS = 8192
@@ -35,7 +32,6 @@ CHUNK_SIZE = 2048
 DEFAULT_MODEL_DIR = Path(__file__).parent / "models" / "default"
 
 Vector = npt.NDArray[np.float32]
-T = TypeVar("T")
 
 
 class TextEmbedding:
@@ -78,63 +74,28 @@ class TextEmbedding:
     ) -> None:
         check_limits(max_tokens, threads)
         self.model_name = "default" if model_name is None else str(model_name)
-        self.model_dir: Path = hub.resolve_model(
+        self.model_dir, self.manifest = hub.open_model(
             DEFAULT_MODEL_DIR if model_name is None else model_name,
+            task="embed",
             cache_dir=cache_dir,
             revision=revision,
             local_files_only=local_files_only,
         )
-        self.manifest = Manifest.load(self.model_dir)
-        if self.manifest.task != "embed":
-            raise ModelFileError(
-                f"{self.model_dir} is a {self.manifest.task} model: load it with TextCrossEncoder"
-            )
         self.threads = env.default_threads() if threads is None else threads
         self.max_tokens = max_tokens
-        self._session_args: dict[str, Any] = {
-            "providers": providers,
-            "cuda": cuda,
-            "device_id": device_id,
-            "threads": self.threads,
-        }
-        m = self.manifest
-        if m.kind == "static":
-            if precision not in (None, m.precision):
-                raise ValueError(
-                    f"{self.model_name} is a static {m.precision} table; precision={precision!r} "
-                    "is not available"
-                )
-            self.precision = m.precision
-        else:
-            self.precision, self._session_args["graph_file"] = choose_precision(
-                m, precision, providers, cuda
-            )
-        tokenizer_path = self.model_dir / m.tokenizer_file
-        self._tokenizer = _native(_core.Tokenizer, tokenizer_path)
-        self._static: _core.StaticModel | None = None
-        if m.kind == "static":
-            if cuda or providers:
-                raise ProviderError(
-                    f"{self.model_name} is a static model: it runs on CPU in slimembed's Rust "
-                    "core, without ONNX Runtime providers; drop cuda=/providers="
-                )
-            assert m.table_file is not None  # the manifest checks it
-            table_path = self.model_dir / m.table_file
-            self._static = _native(
-                lambda p: _core.StaticModel(
-                    self._tokenizer,
-                    p,
-                    add_special_tokens=m.add_special_tokens,
-                    skip_id=m.skip_id,
-                    normalize=m.normalize,
-                    threads=self.threads,
-                ),
-                table_path,
-            )
-        self._session: Any = None
-        self._lock = threading.Lock()
-        if not lazy_load and self._static is None:
-            self._load()
+        self.backend: Backend = load_backend(
+            self.model_dir,
+            self.manifest,
+            precision=precision,
+            providers=providers,
+            cuda=cuda,
+            device_id=device_id,
+            threads=self.threads,
+            max_tokens=max_tokens,
+            lazy_load=lazy_load,
+            name=self.model_name,
+        )
+        self.precision = self.backend.precision
 
     # ---- fastembed-compatible API -------------------------------------------------------
 
@@ -265,24 +226,16 @@ class TextEmbedding:
 
         ``prompt`` is ``None`` (the raw text, no prompt), ``"query"`` or ``"document"``.
         """
-        chosen = self._prompt(prompt, instruction)
+        plan = self._plan(prompt, instruction)
         width = self._check_dim(dim)
         if batch_size < 1:
             raise ValueError(f"batch_size must be >= 1, got {batch_size}")
-        chunks = list(
-            self._chunks(_as_iterable(texts), chosen, instruction, batch_size, dim, progress)
-        )
+        chunks = list(self._chunks(_as_iterable(texts), plan, batch_size, dim, progress))
         if not chunks:
             return np.zeros((0, width), dtype=np.float32)
         return np.concatenate(chunks)
 
     # ---- the pipeline --------------------------------------------------------------------
-
-    def _load(self) -> Any:
-        with self._lock:
-            if self._session is None:
-                self._session = create_session(self.model_dir, self.manifest, **self._session_args)
-            return self._session
 
     def _check_dim(self, dim: int | None) -> int:
         if dim is None:
@@ -306,65 +259,29 @@ class TextEmbedding:
         self._check_dim(dim)
         if batch_size < 1:
             raise ValueError(f"batch_size must be >= 1, got {batch_size}")
-        chunks = self._chunks(_as_iterable(texts), prompt, instruction, batch_size, dim, progress)
+        plan = prompt.plan(instruction) if prompt else RAW
+        chunks = self._chunks(_as_iterable(texts), plan, batch_size, dim, progress)
         return (row for chunk in chunks for row in chunk)
 
     def _chunks(
         self,
         texts: Iterable[str],
-        prompt: Prompt | None,
-        instruction: str | None,
+        plan: PromptPlan,
         batch_size: int,
         dim: int | None,
         progress: bool,
     ) -> Iterator[npt.NDArray[np.float32]]:
-        head, tail = prompt.split(instruction) if prompt else ("", "")
         bar = _progress_bar(texts) if progress else None
         iterator = iter(texts)
         offset = 0
         while chunk := list(islice(iterator, CHUNK_SIZE)):
-            _check_texts(chunk, offset)
-            yield self._embed_chunk(chunk, prompt, head, tail, batch_size, dim)
+            check_texts(chunk, offset)
+            yield self.backend.embed(chunk, plan, batch_size, dim)
             offset += len(chunk)
             if bar is not None:
                 bar.update(len(chunk))
         if bar is not None:
             bar.close()
-
-    def _embed_chunk(
-        self,
-        texts: list[str],
-        prompt: Prompt | None,
-        head: str,
-        tail: str,
-        batch_size: int,
-        dim: int | None,
-    ) -> npt.NDArray[np.float32]:
-        m = self.manifest
-        if self._static is not None:
-            wrapped = [head + t + tail for t in texts] if (head or tail) else texts
-            return self._static.embed(wrapped, max_length=m.max_length, dim=dim)
-        exclude = _excludes_instruction(prompt, head)
-        encoded = self._encode(texts, prompt, head, tail)
-        out = np.zeros((len(texts), dim or m.dim), dtype=np.float32)
-        positions = "position_ids" in m.graph_inputs
-        lengths = encoded.lengths()
-        # A text with no tokens at all keeps the zero vector; the graph never sees seq = 0.
-        nonempty = np.flatnonzero(lengths)
-        for batch in plan_batches(lengths[nonempty], batch_size, self.max_tokens):
-            rows = nonempty[batch]
-            ids, mask, skip, pos = encoded.pad(
-                rows, padding_side=m.padding_side, pad_id=m.pad_id, positions=positions
-            )
-            out[rows] = _core.pool(
-                self.hidden_states(ids, mask, pos),
-                mask,
-                m.pooling,
-                skip=skip if exclude else None,
-                normalize=m.normalize,
-                dim=dim,
-            )
-        return out
 
     def tokenize(
         self,
@@ -379,64 +296,18 @@ class TextEmbedding:
         ``Encoded.row(i)`` gives text ``i``'s ids; ``Encoded.pad`` also gives the number of
         leading tokens left out of pooling (an excluded instruction).
         """
-        chosen = self._prompt(prompt, instruction)
         items = list(_as_iterable(texts))
-        _check_texts(items, 0)
-        head, tail = chosen.split(instruction) if chosen else ("", "")
-        return self._encode(items, chosen, head, tail)
+        check_texts(items, 0)
+        return self.backend.encode(items, self._plan(prompt, instruction))
 
-    def _prompt(self, prompt: str | None, instruction: str | None) -> Prompt | None:
+    def _plan(self, prompt: str | None, instruction: str | None) -> PromptPlan:
         prompts = {None: None, "query": self.manifest.query, "document": self.manifest.document}
         if prompt not in prompts:
             raise ValueError(f"prompt must be None, 'query' or 'document', got {prompt!r}")
         if instruction is not None and prompt != "query":
             raise ValueError("an instruction applies to queries only: pass prompt='query'")
-        return prompts[prompt]
-
-    def _encode(
-        self, texts: list[str], prompt: Prompt | None, head: str, tail: str
-    ) -> _core.Encoded:
-        options = self._encode_options(prompt)
-        if _excludes_instruction(prompt, head):
-            return self._tokenizer.encode(
-                [t + tail for t in texts] if tail else texts,
-                instructions=[head] * len(texts),
-                **options,
-            )
-        wrapped = [head + t + tail for t in texts] if (head or tail) else texts
-        return self._tokenizer.encode(wrapped, **options)
-
-    def hidden_states(
-        self,
-        ids: npt.NDArray[np.int64],
-        mask: npt.NDArray[np.int64],
-        positions: npt.NDArray[np.int64] | None = None,
-    ) -> npt.NDArray[np.float32]:
-        """Run the graph on one padded batch: float32 (batch, seq, dim) hidden states.
-
-        ``positions`` is required where the graph takes position ids (``Encoded.pad`` makes them).
-        """
-        if self._static is not None:
-            raise TypeError("a static model has no hidden states")
-        session = self._session or self._load()
-        inputs = self.manifest.graph_inputs
-        feeds = {"input_ids": ids, "attention_mask": mask}
-        if "token_type_ids" in inputs:
-            feeds["token_type_ids"] = np.zeros_like(ids)
-        if "position_ids" in inputs:
-            if positions is None:
-                raise ValueError("this graph takes position_ids: pass positions")
-            feeds["position_ids"] = positions
-        hidden: npt.NDArray[np.float32] = session.run([self.manifest.graph_output], feeds)[0]
-        return hidden
-
-    def _encode_options(self, prompt: Prompt | None) -> dict[str, Any]:
-        return {
-            "add_special_tokens": self.manifest.add_special_tokens,
-            "max_length": self.manifest.max_length,
-            "prefix_ids": list(prompt.prefix_ids) if prompt else [],
-            "suffix_ids": list(prompt.suffix_ids) if prompt else [],
-        }
+        chosen = prompts[prompt]
+        return chosen.plan(instruction) if chosen else RAW
 
     def __repr__(self) -> str:
         m = self.manifest
@@ -451,21 +322,6 @@ def check_limits(max_tokens: int, threads: int | None) -> None:
         raise ValueError(f"threads must be >= 1, got {threads}")
 
 
-def _excludes_instruction(prompt: Prompt | None, head: str) -> bool:
-    """Whether the text before ``{text}`` is tokenized on its own and left out of pooling."""
-    return prompt is not None and prompt.exclude_instruction and bool(head)
-
-
-def _native(load: Callable[[Path], T], path: Path) -> T:
-    """Load a file with the Rust extension, naming it in slimembed's errors."""
-    try:
-        return load(path)
-    except FileNotFoundError as err:
-        raise ModelFileError(f"{path} not found: {err}") from err
-    except ValueError as err:
-        raise ModelFileError(f"{path} is corrupt: {err}") from err
-
-
 def _as_iterable(texts: str | Iterable[str]) -> Iterable[str]:
     """A bare string is one text (as in fastembed); anything else must be iterable."""
     if isinstance(texts, str):
@@ -477,7 +333,8 @@ def _as_iterable(texts: str | Iterable[str]) -> Iterable[str]:
     return texts
 
 
-def _check_texts(chunk: list[Any], offset: int) -> None:
+def check_texts(chunk: list[Any], offset: int) -> None:
+    """TypeError naming the position (``offset`` + index) of the first non-string."""
     for i, text in enumerate(chunk):
         if not isinstance(text, str):
             raise TypeError(

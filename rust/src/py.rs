@@ -160,6 +160,20 @@ impl PyEncoded {
         Ok(ids.into_pyarray(py))
     }
 
+    /// SGPT's rerank rows: see `Encoded::rerank_rows`.
+    #[pyo3(signature = (queries, *, keep, room=None))]
+    fn rerank_rows(
+        &self,
+        py: Python<'_>,
+        queries: &Bound<'_, PyEncoded>,
+        keep: usize,
+        room: Option<usize>,
+    ) -> PyResult<PyEncoded> {
+        let queries = &queries.get().inner;
+        let inner = py.detach(|| self.inner.rerank_rows(queries, keep, room))?;
+        Ok(PyEncoded { inner })
+    }
+
     #[pyo3(signature = (rows, *, padding_side="right", pad_id=0, positions=false))]
     fn pad<'py>(
         &self,

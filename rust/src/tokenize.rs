@@ -400,6 +400,56 @@ impl Encoded {
         self.ids.get(i).map(Vec::as_slice)
     }
 
+    /// SGPT's rerank rows (crossencoder/beir/sgptce.py): row `i` is this encoding's row `i`
+    /// (a prompt holding a document) whose first `keep` ids (the prompt's head) are kept,
+    /// then the rest followed by `queries`' row `i`, cut from the left to `room` ids when
+    /// given, and the last id dropped (the query's tokens are predicted, not read, at the end).
+    pub fn rerank_rows(
+        &self,
+        queries: &Encoded,
+        keep: usize,
+        room: Option<usize>,
+    ) -> Result<Encoded> {
+        if queries.len() != self.len() {
+            return Err(Error::InvalidArgument(format!(
+                "got {} queries for {} contexts",
+                queries.len(),
+                self.len()
+            )));
+        }
+        let ids = self
+            .ids
+            .iter()
+            .zip(&queries.ids)
+            .enumerate()
+            .map(|(i, (context, query))| {
+                if query.is_empty() || room.is_some_and(|r| query.len() >= r) {
+                    return Err(Error::InvalidArgument(format!(
+                        "query of pair {i} has {} tokens: it needs between 1 and the room left \
+                         by the prompt",
+                        query.len()
+                    )));
+                }
+                let head = keep.min(context.len());
+                let tail_len = context.len() - head + query.len();
+                let cut = room.map_or(0, |r| tail_len.saturating_sub(r));
+                let mut row = Vec::with_capacity(head + tail_len - cut);
+                row.extend_from_slice(&context[..head]);
+                row.extend(
+                    context[head..]
+                        .iter()
+                        .chain(query.iter())
+                        .skip(cut)
+                        .copied(),
+                );
+                row.pop();
+                Ok(row)
+            })
+            .collect::<Result<Vec<_>>>()?;
+        let skip = vec![0; ids.len()];
+        Ok(Encoded { ids, skip })
+    }
+
     /// Pad the chosen `rows` (in that order) to the longest of them.
     ///
     /// Position ids, when asked for, count real tokens from 0 and are 1 on padding, as
@@ -543,6 +593,27 @@ mod tests {
             enc.pad(&[], PaddingSide::Left, 0, false).unwrap().ids.dim(),
             (0, 0)
         );
+    }
+
+    #[test]
+    fn rerank_rows_keep_the_head_and_cut_the_document() {
+        let tok = tokenizer(false);
+        let opts = EncodeOptions::default();
+        let contexts = tok.encode(&texts(&["a b c d", "a"]), None, &opts).unwrap();
+        let queries = tok.encode(&texts(&["b c", "d"]), None, &opts).unwrap();
+        let rows = contexts.rerank_rows(&queries, 1, None).unwrap();
+        assert_eq!(rows.row(0).unwrap(), &[4, 5, 6, 7, 5]);
+        assert_eq!(rows.row(1).unwrap(), &[4]);
+        // Room for 3 ids after the head: the document loses its start, the query stays whole.
+        let cut = contexts.rerank_rows(&queries, 1, Some(3)).unwrap();
+        assert_eq!(cut.row(0).unwrap(), &[4, 7, 5]);
+        assert_eq!(cut.row(1).unwrap(), &[4]);
+        assert!(contexts.rerank_rows(&queries, 1, Some(2)).is_err());
+        let empty = tok.encode(&texts(&["", ""]), None, &opts).unwrap();
+        assert!(contexts.rerank_rows(&empty, 1, None).is_err());
+        assert!(contexts
+            .rerank_rows(&tok.encode(&[], None, &opts).unwrap(), 1, None)
+            .is_err());
     }
 
     #[test]

@@ -1,0 +1,189 @@
+"""Backends: what turns one chunk of texts into vectors, behind one small protocol.
+
+- ``TransformerBackend``: tokenize the chunk in Rust (unpadded), plan length-sorted batches
+  under the token budget, pad each in Rust, run it on the ``GraphRunner``, pool in Rust.
+- ``StaticBackend``: the Rust ``StaticModel`` (tokenize, look up, average) in one call.
+
+``load_backend`` reads a model directory's manifest once and picks one; the façades
+(``TextEmbedding``, the server, the Ray actor) hold a backend and never look at ``kind``.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Sequence
+from pathlib import Path
+from typing import Protocol, TypeVar
+
+import numpy as np
+import numpy.typing as npt
+
+from slimembed import _core
+from slimembed.batching import plan_batches
+from slimembed.errors import ModelFileError, ProviderError
+from slimembed.manifest import Manifest, PromptPlan
+from slimembed.runner import GraphRunner
+from slimembed.session import choose_precision
+
+T = TypeVar("T")
+Vectors = npt.NDArray[np.float32]
+
+
+class Backend(Protocol):
+    """Embeds one chunk of texts (already checked to be strings) with a resolved prompt."""
+
+    manifest: Manifest
+    tokenizer: _core.Tokenizer
+    #: The precision that runs (``"fp32"``, ``"int8"``, ``"fp16"``).
+    precision: str
+
+    def embed(
+        self, texts: list[str], plan: PromptPlan, batch_size: int, dim: int | None
+    ) -> Vectors:
+        """``(len(texts), dim or manifest.dim)`` float32 vectors, in input order."""
+        ...
+
+    def encode(self, texts: list[str], plan: PromptPlan) -> _core.Encoded:
+        """The token ids the model sees for ``texts`` under ``plan``."""
+        ...
+
+
+def encode(
+    tokenizer: _core.Tokenizer, manifest: Manifest, texts: list[str], plan: PromptPlan
+) -> _core.Encoded:
+    """Token ids of ``texts`` under ``plan``: truncated to the max length, special and inserted
+    ids included; an excluded instruction is tokenized apart and counted in the pooling skip."""
+    return tokenizer.encode(
+        plan.wrap(texts),
+        instructions=[plan.head] * len(texts) if plan.exclude_instruction else None,
+        add_special_tokens=manifest.add_special_tokens,
+        max_length=manifest.max_length,
+        prefix_ids=list(plan.prefix_ids),
+        suffix_ids=list(plan.suffix_ids),
+    )
+
+
+class TransformerBackend:
+    """An ONNX graph: tokenize, batch, pad, run, pool."""
+
+    def __init__(
+        self, runner: GraphRunner, tokenizer: _core.Tokenizer, precision: str, max_tokens: int
+    ) -> None:
+        self.runner = runner
+        self.manifest = runner.manifest
+        self.tokenizer = tokenizer
+        self.precision = precision
+        self.max_tokens = max_tokens
+
+    def encode(self, texts: list[str], plan: PromptPlan) -> _core.Encoded:
+        return encode(self.tokenizer, self.manifest, texts, plan)
+
+    def embed(
+        self, texts: list[str], plan: PromptPlan, batch_size: int, dim: int | None
+    ) -> Vectors:
+        m = self.manifest
+        encoded = self.encode(texts, plan)
+        out = np.zeros((len(texts), dim or m.dim), dtype=np.float32)
+        lengths = encoded.lengths()
+        # A text with no tokens at all keeps the zero vector; the graph never sees seq = 0.
+        nonempty = np.flatnonzero(lengths)
+        for rows in plan_batches(lengths[nonempty], batch_size, self.max_tokens):
+            rows = nonempty[rows]
+            batch = self.runner.pad(encoded, rows)
+            out[rows] = _core.pool(
+                self.runner.run(batch),
+                batch.mask,
+                m.pooling,
+                skip=batch.skip if plan.exclude_instruction else None,
+                normalize=m.normalize,
+                dim=dim,
+            )
+        return out
+
+
+class StaticBackend:
+    """A static table run end to end in Rust; no ONNX Runtime session."""
+
+    def __init__(self, model: _core.StaticModel, tokenizer: _core.Tokenizer, manifest: Manifest):
+        self.model = model
+        self.tokenizer = tokenizer
+        self.manifest = manifest
+        self.precision = manifest.precision
+
+    def encode(self, texts: list[str], plan: PromptPlan) -> _core.Encoded:
+        return encode(self.tokenizer, self.manifest, texts, plan)
+
+    def embed(
+        self, texts: list[str], plan: PromptPlan, batch_size: int, dim: int | None
+    ) -> Vectors:
+        # The table needs no batching: the Rust call takes the chunk whole.
+        return self.model.embed(plan.wrap(texts), max_length=self.manifest.max_length, dim=dim)
+
+
+def load_backend(
+    model_dir: Path,
+    manifest: Manifest,
+    *,
+    precision: str | None = None,
+    providers: Sequence[str] | None = None,
+    cuda: bool = False,
+    device_id: int = 0,
+    threads: int | None = None,
+    max_tokens: int,
+    lazy_load: bool = False,
+    name: str | None = None,
+) -> TransformerBackend | StaticBackend:
+    """The backend for ``manifest``'s kind, its files loaded (the graph session unless
+    ``lazy_load``); ``name`` is how errors call the model.
+
+    Raises ModelFileError naming a missing or corrupt file, ProviderError for providers a
+    static model cannot use, ValueError for a precision the directory lacks.
+    """
+    name = name or str(model_dir)
+    tokenizer = load_native(_core.Tokenizer, model_dir / manifest.tokenizer_file)
+    if manifest.kind == "static":
+        if precision not in (None, manifest.precision):
+            raise ValueError(
+                f"{name} is a static {manifest.precision} table; precision={precision!r} "
+                "is not available"
+            )
+        if cuda or providers:
+            raise ProviderError(
+                f"{name} is a static model: it runs on CPU in slimembed's Rust core, "
+                "without ONNX Runtime providers; drop cuda=/providers="
+            )
+        assert manifest.table_file is not None  # the manifest checks it
+        table = load_native(
+            lambda p: _core.StaticModel(
+                tokenizer,
+                p,
+                add_special_tokens=manifest.add_special_tokens,
+                skip_id=manifest.skip_id,
+                normalize=manifest.normalize,
+                threads=threads,
+            ),
+            model_dir / manifest.table_file,
+        )
+        return StaticBackend(table, tokenizer, manifest)
+    chosen, graph_file = choose_precision(manifest, precision, providers, cuda)
+    runner = GraphRunner(
+        model_dir,
+        manifest,
+        graph_file=graph_file,
+        providers=providers,
+        cuda=cuda,
+        device_id=device_id,
+        threads=threads,
+    )
+    if not lazy_load:
+        runner.load()
+    return TransformerBackend(runner, tokenizer, chosen, max_tokens)
+
+
+def load_native(load: Callable[[Path], T], path: Path) -> T:
+    """Load a file with the Rust extension, naming it in slimembed's errors."""
+    try:
+        return load(path)
+    except FileNotFoundError as err:
+        raise ModelFileError(f"{path} not found: {err}") from err
+    except ValueError as err:
+        raise ModelFileError(f"{path} is corrupt: {err}") from err
