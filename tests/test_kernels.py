@@ -153,12 +153,15 @@ def test_inserted_ids_leave_room_when_truncating() -> None:
 
 def test_instruction_prefix_length_is_kept_per_row() -> None:
     tok = _number_tokenizer()
-    encoded = tok.encode(["7 8", "9"], instructions=["1 2 3 ", "4 "], prefix_ids=[40])
+    encoded = tok.encode(["7 8", "9"], instruction="1 2 3 ", prefix_ids=[40])
     assert encoded.row(0).tolist() == [40, 1, 2, 3, 7, 8]
+    assert encoded.row(1).tolist() == [40, 1, 2, 3, 9]
     _, _, skip, _ = encoded.pad(np.array([0, 1], np.int64))
-    assert skip.tolist() == [4, 2]
-    with pytest.raises(ValueError, match="instructions for"):
-        tok.encode(["1"], instructions=[])
+    assert skip.tolist() == [4, 4]
+    # Truncated inside the instruction: the skip stops at the row's end.
+    cut = tok.encode(["7 8"], instruction="1 2 3 ", prefix_ids=[40], max_length=3)
+    assert cut.row(0).tolist() == [40, 1, 2]
+    assert cut.pad(np.array([0], np.int64))[2].tolist() == [3]
 
 
 def test_tokenizer_errors_name_the_file(tmp_path: object) -> None:

@@ -24,7 +24,7 @@ class Tokenizer:
         self,
         texts: list[str],
         *,
-        instructions: list[str] | None = None,
+        instruction: str | None = None,
         add_special_tokens: bool = True,
         max_length: int | None = None,
         prefix_ids: list[int] = ...,

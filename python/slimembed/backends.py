@@ -54,7 +54,7 @@ def encode(
     ids included; an excluded instruction is tokenized apart and counted in the pooling skip."""
     return tokenizer.encode(
         plan.wrap(texts),
-        instructions=[plan.head] * len(texts) if plan.exclude_instruction else None,
+        instruction=plan.head if plan.exclude_instruction else None,
         add_special_tokens=manifest.add_special_tokens,
         max_length=manifest.max_length,
         prefix_ids=list(plan.prefix_ids),

@@ -90,13 +90,14 @@ impl PyTokenizer {
         self.inner.token_to_id(token)
     }
 
-    #[pyo3(signature = (texts, *, instructions=None, add_special_tokens=true, max_length=None, prefix_ids=Vec::new(), suffix_ids=Vec::new()))]
+    /// `instruction`: text before every text, tokenized apart and counted in the pooling skip.
+    #[pyo3(signature = (texts, *, instruction=None, add_special_tokens=true, max_length=None, prefix_ids=Vec::new(), suffix_ids=Vec::new()))]
     #[allow(clippy::too_many_arguments)]
     fn encode(
         &self,
         py: Python<'_>,
         texts: Vec<String>,
-        instructions: Option<Vec<String>>,
+        instruction: Option<String>,
         add_special_tokens: bool,
         max_length: Option<usize>,
         prefix_ids: Vec<u32>,
@@ -109,7 +110,7 @@ impl PyTokenizer {
             suffix_ids,
             parallel: use_pool(),
         };
-        let inner = py.detach(|| self.inner.encode(&texts, instructions.as_deref(), &opts))?;
+        let inner = py.detach(|| self.inner.encode(&texts, instruction.as_deref(), &opts))?;
         Ok(PyEncoded { inner })
     }
 }

@@ -142,23 +142,14 @@ impl TextTokenizer {
             .map_or(0, |p| p.added_tokens(false))
     }
 
-    /// Encode `texts`; with `instructions`, row `i` encodes `instructions[i] + texts[i]` and
-    /// records how many leading tokens (special, prefix ids and instruction) to skip in pooling.
+    /// Encode `texts`; with an `instruction`, each row encodes `instruction + text` and records
+    /// how many leading tokens (special, prefix ids and instruction) to skip in pooling.
     pub fn encode(
         &self,
         texts: &[String],
-        instructions: Option<&[String]>,
+        instruction: Option<&str>,
         opts: &EncodeOptions,
     ) -> Result<Encoded> {
-        if let Some(instr) = instructions {
-            if instr.len() != texts.len() {
-                return Err(Error::InvalidArgument(format!(
-                    "got {} instructions for {} texts",
-                    instr.len(),
-                    texts.len()
-                )));
-            }
-        }
         let overhead = self.special_count(opts) + opts.prefix_ids.len() + opts.suffix_ids.len();
         let budget = match opts.max_length {
             Some(max) if max <= overhead => {
@@ -172,7 +163,6 @@ impl TextTokenizer {
         let prefix = self.id_tokens(&opts.prefix_ids)?;
         let suffix = self.id_tokens(&opts.suffix_ids)?;
         let one = |(i, text): (usize, &String)| {
-            let instruction = instructions.map(|ins| ins[i].as_str());
             self.encode_one(i, text, instruction, budget, &prefix, &suffix, opts)
         };
         let rows: Vec<(Vec<u32>, usize)> = if opts.parallel {
@@ -560,12 +550,25 @@ mod tests {
             ..EncodeOptions::default()
         };
         let enc = tok
-            .encode(&texts(&["c d", ""]), Some(&texts(&["a b ", "a "])), &opts)
+            .encode(&texts(&["c d", ""]), Some("a b "), &opts)
             .unwrap();
         assert_eq!(enc.row(0).unwrap(), &[2, 4, 5, 6, 7, 3]);
         let padded = enc.pad(&[0, 1], PaddingSide::Right, 0, false).unwrap();
-        assert_eq!(padded.skip.to_vec(), vec![3, 2]);
-        assert!(tok.encode(&texts(&["a"]), Some(&[]), &opts).is_err());
+        assert_eq!(padded.skip.to_vec(), vec![3, 3]);
+        // Cut by max_length: the skip never passes the row's end.
+        let short = EncodeOptions {
+            max_length: Some(3),
+            ..opts
+        };
+        let cut = tok.encode(&texts(&["c d"]), Some("a b "), &short).unwrap();
+        assert_eq!(cut.row(0).unwrap(), &[2, 4, 3]);
+        assert_eq!(
+            cut.pad(&[0], PaddingSide::Right, 0, false)
+                .unwrap()
+                .skip
+                .to_vec(),
+            vec![3]
+        );
     }
 
     #[test]
