@@ -266,15 +266,15 @@ def bench(
 def _model_sets(model_dirs, source, cache, quick, notes, model_sets):  # type: ignore[no-untyped-def]
     """The models to compare: those given, else all-MiniLM-L6-v2 and the embedded default."""
     if model_dirs:
-        import json
+        from slimembed.manifest import Manifest
 
         transformers: dict[str, Path] = {}
         for d in model_dirs:
-            manifest = json.loads((d / "slimembed.json").read_text())
-            if manifest.get("kind") == "static":
+            manifest = Manifest.load(d)
+            if manifest.kind == "static":
                 yield model_sets.static(d, cache)
             else:
-                label = manifest.get("precision", "fp32")
+                label = manifest.precision
                 transformers[label if label not in transformers else d.name] = d
         if transformers:
             yield model_sets.transformer(transformers, source, cache)

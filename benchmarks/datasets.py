@@ -1,4 +1,5 @@
-"""The evaluation sets in ``../shared/data`` (STS-B in five languages, BEIR SciFact)."""
+"""The evaluation sets in ``shared/data`` beside the checkout (STS-B in five languages, BEIR
+SciFact)."""
 
 from __future__ import annotations
 
@@ -13,10 +14,17 @@ STS_FILES = ("en-test", "en-dev", "de-test", "zh-test", "ja-test", "ru-test")
 
 
 def data_dir() -> Path:
-    """``shared/data`` beside the repository checkout, or ``SLIMEMBED_SHARED_DATA`` when set
-    (for a checkout that lives elsewhere, such as a clone in a temporary directory)."""
+    """``SLIMEMBED_SHARED_DATA`` when set; else ``shared/data`` beside the checkout this package
+    lives in (a checkout, or an editable install of it); else, for an installed copy, the first
+    ``shared/data`` in the current directory or one of its parents (so a run from inside a
+    checkout, whose data sits beside it, finds it)."""
     explicit = os.environ.get("SLIMEMBED_SHARED_DATA")
-    path = Path(explicit) if explicit else Path(__file__).resolve().parents[2] / "shared" / "data"
+    if explicit:
+        path = Path(explicit)
+    else:
+        beside = Path(__file__).resolve().parents[2] / "shared" / "data"
+        found = (f / "shared" / "data" for f in (Path.cwd(), *Path.cwd().parents))
+        path = beside if beside.is_dir() else next((p for p in found if p.is_dir()), beside)
     if not path.is_dir():
         raise FileNotFoundError(
             f"{path} not found: the evaluation data lives in shared/data beside the checkout; "

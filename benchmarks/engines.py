@@ -170,8 +170,9 @@ ENGINES: dict[str, Adapter] = {
 }
 
 
-INSTALL = "pip install '.[bench]' from a slimembed checkout"
+INSTALL = "pip install ./benchmarks from a slimembed checkout"
 HINTS = {
+    "fastembed": "pip install './benchmarks[fastembed]' from a slimembed checkout",
     "sentence-transformers-onnx": "pip install optimum-onnx; its 0.1.0 needs transformers < 4.58",
 }
 

@@ -27,6 +27,7 @@ from typing import Any
 import numpy as np
 
 from benchmarks.engines import EngineSpec, missing
+from slimembed.manifest import MANIFEST_FILE, Manifest
 
 # Static models truncate at model2vec's default, which fastembed also applies, so that all
 # engines read the same tokens.
@@ -59,8 +60,7 @@ class ModelSet:
 
     @property
     def add_special_tokens(self) -> bool:
-        manifest = json.loads((next(iter(self.slimembed.values())) / "slimembed.json").read_text())
-        return bool(manifest.get("add_special_tokens", True))
+        return Manifest.load(next(iter(self.slimembed.values()))).add_special_tokens
 
     def specs(self, engines: list[str], threads: int) -> tuple[list[EngineSpec], list[str]]:
         """The engines that can run this model here, and a note for each one skipped."""
@@ -103,12 +103,10 @@ class ModelSet:
         return specs, notes
 
 
-def _manifest(model_dir: Path) -> dict[str, Any]:
-    path = model_dir / "slimembed.json"
-    if not path.is_file():
-        raise Unavailable(f"{model_dir} is not a slimembed model directory (no slimembed.json)")
-    data: dict[str, Any] = json.loads(path.read_text())
-    return data
+def _manifest(model_dir: Path) -> Manifest:
+    if not (model_dir / MANIFEST_FILE).is_file():
+        raise Unavailable(f"{model_dir} is not a slimembed model directory (no {MANIFEST_FILE})")
+    return Manifest.load(model_dir)
 
 
 def _digest(*paths: Path) -> str:
@@ -133,16 +131,17 @@ def fastembed_view(model_dir: Path, source: Path | None, out: Path) -> Path:
     """A folder fastembed's custom ONNX models load: slimembed's graph and tokenizer, and the
     source's tokenizer configuration with slimembed's truncation."""
     manifest = _manifest(model_dir)
-    if manifest["graph_inputs"] != ["input_ids", "attention_mask"] and manifest["graph_inputs"] != [
-        "input_ids",
-        "attention_mask",
-        "token_type_ids",
-    ]:
-        raise Unavailable(f"fastembed feeds no {manifest['graph_inputs']} inputs")
-    if manifest["pooling"] not in ("mean", "cls"):
-        raise Unavailable(f"fastembed has no {manifest['pooling']} pooling for custom models")
+    if manifest.graph_inputs not in (
+        ("input_ids", "attention_mask"),
+        ("input_ids", "attention_mask", "token_type_ids"),
+    ):
+        raise Unavailable(f"fastembed feeds no {list(manifest.graph_inputs)} inputs")
+    if manifest.pooling not in ("mean", "cls"):
+        raise Unavailable(f"fastembed has no {manifest.pooling} pooling for custom models")
+    if manifest.graph_file is None:
+        raise Unavailable(f"{model_dir} has no graph")
     out.mkdir(parents=True, exist_ok=True)
-    _link(model_dir / manifest["graph_file"], out / "model.onnx")
+    _link(model_dir / manifest.graph_file, out / "model.onnx")
     _link(model_dir / "tokenizer.json", out / "tokenizer.json")
     config: dict[str, Any] = {}
     if source is not None:
@@ -151,7 +150,7 @@ def fastembed_view(model_dir: Path, source: Path | None, out: Path) -> Path:
                 _link(source / name, out / name)
         if (source / "tokenizer_config.json").is_file():
             config = json.loads((source / "tokenizer_config.json").read_text())
-    config["model_max_length"] = manifest["max_length"] or 8192
+    config["model_max_length"] = manifest.max_length or 8192
     config.pop("max_length", None)
     (out / "tokenizer_config.json").write_text(json.dumps(config, indent=2))
     return out
@@ -169,10 +168,10 @@ def transformer(
         name=label,
         kind="transformer",
         slimembed=dict(model_dirs),
-        max_length=manifest["max_length"],
-        dim=manifest["dim"],
-        pooling=manifest["pooling"],
-        normalize=manifest["normalize"],
+        max_length=manifest.max_length,
+        dim=manifest.dim,
+        pooling=manifest.pooling,
+        normalize=manifest.normalize,
         sentence_transformers=source if source and (source / "modules.json").is_file() else None,
         reference="sentence-transformers" if source else f"slimembed {next(iter(model_dirs))}",
     )
@@ -197,7 +196,7 @@ def minilm(cache: Path, precisions: tuple[str, ...] = ("fp32", "int8")) -> Model
     notes: list[str] = []
     for precision in precisions:
         out = cache / f"all-MiniLM-L6-v2-{precision}"
-        if not (out / "slimembed.json").is_file():
+        if not (out / MANIFEST_FILE).is_file():
             try:
                 from slimembed_export import ExportOptions, export_model
             except ImportError as err:
@@ -206,7 +205,7 @@ def minilm(cache: Path, precisions: tuple[str, ...] = ("fp32", "int8")) -> Model
                     "pip install ./export, or pass --model with an exported directory"
                 ) from err
             try:
-                export_model(str(source), out, ExportOptions(precision=precision))
+                export_model(str(source), out, ExportOptions(precision=(precision,)))
             except (ValueError, NotImplementedError, OSError) as err:
                 notes.append(f"all-MiniLM-L6-v2: slimembed {precision} skipped: {err}")
                 shutil.rmtree(out, ignore_errors=True)
@@ -223,11 +222,9 @@ def _static_variant(model_dir: Path, out: Path, max_length: int | None) -> Path:
     """``model_dir`` with its manifest's max_length set (files linked, not copied)."""
     out.mkdir(parents=True, exist_ok=True)
     for f in model_dir.iterdir():
-        if f.is_file() and f.name != "slimembed.json":
+        if f.is_file() and f.name != MANIFEST_FILE:
             _link(f, out / f.name)
-    manifest = _manifest(model_dir)
-    manifest["max_length"] = max_length
-    (out / "slimembed.json").write_text(json.dumps(manifest, indent=2))
+    _manifest(model_dir).with_changes(max_length=max_length).save(out)
     return out
 
 
@@ -243,14 +240,14 @@ def static(
     from slimembed import tables
 
     manifest = _manifest(model_dir)
-    if manifest["kind"] != "static":
+    if manifest.kind != "static" or manifest.table_file is None:
         raise Unavailable(f"{model_dir} is not a static model")
     label = name or model_dir.name
     root = cache / f"static-{label}-{_digest(model_dir)}"
-    tensors = tables.load(model_dir / manifest["table_file"])
+    tensors = tables.load(model_dir / manifest.table_file)
     if "mapping" in tensors or "weights" in tensors:
         raise Unavailable(f"{model_dir}: tables with mapping/weights are not converted here")
-    precision = manifest["precision"]
+    precision = manifest.precision
     cut = "all" if max_length is None else str(max_length)
     dirs = {
         precision: _static_variant(model_dir, root / f"slimembed-{precision}-{cut}", max_length)
@@ -258,16 +255,16 @@ def static(
     table = tables.dequantize(tensors)
     if precision != "fp32":
         fp32 = root / f"slimembed-fp32-{cut}"
-        if not (fp32 / "slimembed.json").is_file():
+        if not (fp32 / MANIFEST_FILE).is_file():
             from slimembed.static_model import write_static_model
 
             written = write_static_model(
                 fp32,
                 tables.quantize(table, "fp32"),
-                model_dir / manifest["tokenizer_file"],
+                model_dir / manifest.tokenizer_file,
                 precision="fp32",
-                normalize=manifest["normalize"],
-                skip_id=manifest["skip_id"],
+                normalize=manifest.normalize,
+                skip_id=manifest.skip_id,
                 source={"id": f"{label} dequantized to fp32 by benchmarks.models"},
                 max_length=max_length,
             )
@@ -278,16 +275,16 @@ def static(
         kind="static",
         slimembed=dirs,
         max_length=max_length,
-        dim=manifest["dim"],
+        dim=manifest.dim,
         pooling="mean",
-        normalize=manifest["normalize"],
+        normalize=manifest.normalize,
         reference="model2vec",
         origin=model_dir,
     )
     models.model2vec = _model2vec_folder(table, model_dir, manifest, root / "model2vec")
     if max_length != STATIC_MAX_LENGTH:
         models.notes.append(f"{label}: fastembed left out: it cuts static models at 512 tokens")
-    elif not manifest["normalize"]:
+    elif not manifest.normalize:
         models.notes.append(f"{label}: fastembed skipped: its static models always normalize")
     else:
         models.fastembed = models.model2vec
@@ -295,14 +292,12 @@ def static(
         models.sentence_transformers = _st_static_folder(
             table, model_dir, manifest, root / "sentence-transformers"
         )
-    if manifest["skip_id"] is None:
+    if manifest.skip_id is None:
         models.notes.append(f"{label}: no unknown token to drop")
     return models
 
 
-def _model2vec_folder(
-    table: np.ndarray, model_dir: Path, manifest: dict[str, Any], out: Path
-) -> Path:
+def _model2vec_folder(table: np.ndarray, model_dir: Path, manifest: Manifest, out: Path) -> Path:
     """The model2vec layout (model.safetensors ``embeddings``, tokenizer.json, config.json),
     written without model2vec, which reads it."""
     if (out / "config.json").is_file():
@@ -311,15 +306,13 @@ def _model2vec_folder(
 
     out.mkdir(parents=True, exist_ok=True)
     tables.save({"embeddings": table.astype(np.float32)}, out / "model.safetensors")
-    shutil.copy(model_dir / manifest["tokenizer_file"], out / "tokenizer.json")
-    config = {"max_length": STATIC_MAX_LENGTH, "normalize": manifest["normalize"]}
+    shutil.copy(model_dir / manifest.tokenizer_file, out / "tokenizer.json")
+    config = {"max_length": STATIC_MAX_LENGTH, "normalize": manifest.normalize}
     (out / "config.json").write_text(json.dumps(config, indent=2))
     return out
 
 
-def _st_static_folder(
-    table: np.ndarray, model_dir: Path, manifest: dict[str, Any], out: Path
-) -> Path:
+def _st_static_folder(table: np.ndarray, model_dir: Path, manifest: Manifest, out: Path) -> Path:
     if (out / "modules.json").is_file():
         return out
     from sentence_transformers import SentenceTransformer
@@ -330,9 +323,9 @@ def _st_static_folder(
     except ImportError:  # sentence-transformers before the modules move
         from sentence_transformers.models import Normalize, StaticEmbedding
 
-    tokenizer = Tokenizer.from_file(str(model_dir / manifest["tokenizer_file"]))
+    tokenizer = Tokenizer.from_file(str(model_dir / manifest.tokenizer_file))
     modules: list[Any] = [StaticEmbedding(tokenizer, embedding_weights=table.astype(np.float32))]
-    if manifest["normalize"]:
+    if manifest.normalize:
         modules.append(Normalize())
     SentenceTransformer(modules=modules, device="cpu").save(str(out))
     return out

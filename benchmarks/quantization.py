@@ -165,7 +165,7 @@ def main(argv: list[str] | None = None) -> None:
         from slimembed_export import ExportOptions, export_model
 
         model_dir = args.work / "model"
-        export_model(args.source, model_dir, ExportOptions(precision="int8"))
+        export_model(args.source, model_dir, ExportOptions(precision=("int8",)))
     manifest = Manifest.load(model_dir)
     if "int8" not in manifest.variants:
         parser.error(f"{model_dir} holds no INT8 graph: export it with --precision int8")

@@ -151,23 +151,30 @@ def test_suite_on_a_tiny_model_writes_every_report(
     assert "model2vec skipped" in report.terminal(rep)
 
 
-def test_slimembed_bench_outside_a_checkout(
+def test_slimembed_bench_without_the_bench_distribution(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    from slimembed.cli import main
+    from slimembed import cli
 
+    monkeypatch.setattr(cli, "_entry_points", dict)
     monkeypatch.chdir(tmp_path)
-    result = CliRunner().invoke(main, ["bench", "--quick"])
+    result = CliRunner().invoke(cli.main, ["bench", "--quick"])
     assert result.exit_code != 0
-    assert "checkout" in result.output
-    assert "python -m benchmarks" in result.output
+    assert "pip install ./benchmarks" in result.output
 
 
-def test_slimembed_bench_help_from_the_checkout(monkeypatch: pytest.MonkeyPatch) -> None:
-    from slimembed.cli import main
+def test_slimembed_bench_comes_from_its_entry_point(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from importlib.metadata import EntryPoint
 
-    monkeypatch.chdir(Path(__file__).resolve().parents[1])
-    result = CliRunner().invoke(main, ["bench", "--help"])
+    from slimembed import cli
+
+    # As slimembed-bench's pyproject.toml declares it (installed or not: pythonpath has ".").
+    bench = EntryPoint("bench", "benchmarks.cli:bench", cli.COMMANDS_GROUP)
+    monkeypatch.setattr(cli, "_entry_points", lambda: {"bench": bench})
+    monkeypatch.chdir(tmp_path)
+    result = CliRunner().invoke(cli.main, ["bench", "--help"])
     assert result.exit_code == 0, result.output
     assert "--quick" in result.output
     assert "--engines" in result.output

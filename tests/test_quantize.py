@@ -159,7 +159,7 @@ def test_tiny_qwen3_int8_and_fp16_with_left_padding(
 ) -> None:
     out = tmp_path / "qwen3"
     manifest = export_model(
-        str(tiny_source("qwen3")), out, ExportOptions(max_length=128, precision="int8,fp16")
+        str(tiny_source("qwen3")), out, ExportOptions(max_length=128, precision=("int8", "fp16"))
     )
     assert manifest.padding_side == "left"
     assert set(manifest.variants) == {"int8", "fp16"}
@@ -178,7 +178,7 @@ def test_tiny_qwen3_int8_and_fp16_with_left_padding(
 
 def test_precision_errors(tiny_source: Callable[[str], Path], tmp_path: Path) -> None:
     with pytest.raises(ExportError, match="precision 'int4'"):
-        export_model(str(tiny_source("qwen3")), tmp_path / "x", ExportOptions(precision="int4"))
+        export_model(str(tiny_source("qwen3")), tmp_path / "x", ExportOptions(precision=("int4",)))
     assert not (tmp_path / "x").exists()
 
 

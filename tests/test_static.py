@@ -87,7 +87,9 @@ def _model2vec_vectors(path: Path, texts: list[str]) -> np.ndarray:
 def test_model2vec_quantized_vocabulary_matches_model2vec(
     tokenlearn_dir: Path, texts: list[str], tmp_path: Path, precision: str, floor: float
 ) -> None:
-    manifest = export_model(str(tokenlearn_dir), tmp_path / "m", ExportOptions(precision=precision))
+    manifest = export_model(
+        str(tokenlearn_dir), tmp_path / "m", ExportOptions(precision=(precision,))
+    )
     assert manifest.kind == "static"
     assert manifest.skip_id == 3  # the Unigram unk id model2vec drops
     assert manifest.parity["min_cosine_to_source_formula"] >= FP32_MIN
@@ -104,7 +106,7 @@ def test_model2vec_bpe_table_matches_model2vec(
     wordllama_model2vec: Path, texts: list[str], tmp_path: Path, precision: str, floor: float
 ) -> None:
     manifest = export_model(
-        str(wordllama_model2vec), tmp_path / "m", ExportOptions(precision=precision)
+        str(wordllama_model2vec), tmp_path / "m", ExportOptions(precision=(precision,))
     )
     # model2vec also writes a modules.json; its own rules (drop <unk>, id 0) must still apply.
     assert manifest.source["architecture"] == "static (model2vec)"
@@ -120,7 +122,9 @@ def test_sentence_transformers_static_embedding_matches(
 ) -> None:
     from sentence_transformers import SentenceTransformer
 
-    manifest = export_model(str(wordllama_st), tmp_path / "m", ExportOptions(precision=precision))
+    manifest = export_model(
+        str(wordllama_st), tmp_path / "m", ExportOptions(precision=(precision,))
+    )
     assert manifest.normalize is True
     assert manifest.skip_id is None  # sentence-transformers keeps unknown tokens
     ours = TextEmbedding(tmp_path / "m").encode(texts)
@@ -129,8 +133,12 @@ def test_sentence_transformers_static_embedding_matches(
 
 
 def test_int8_table_is_a_quarter_of_fp32(wordllama_model2vec: Path, tmp_path: Path) -> None:
-    fp32 = export_model(str(wordllama_model2vec), tmp_path / "a", ExportOptions(precision="fp32"))
-    int8 = export_model(str(wordllama_model2vec), tmp_path / "b", ExportOptions(precision="int8"))
+    fp32 = export_model(
+        str(wordllama_model2vec), tmp_path / "a", ExportOptions(precision=("fp32",))
+    )
+    int8 = export_model(
+        str(wordllama_model2vec), tmp_path / "b", ExportOptions(precision=("int8",))
+    )
     assert int8.parity["table_bytes"] < 0.3 * fp32.parity["table_bytes"]
     assert int8.parity["fp32_cosine_min"] >= INT8_MIN
 
@@ -163,5 +171,5 @@ def test_static_manifest_rules_and_bad_tables(
     with pytest.raises(ModelFileError, match=r"embeddings\.safetensors"):
         TextEmbedding(broken)
     with pytest.raises(ExportError, match="precision 'int4'"):
-        export_model(str(tiny_source("bert")), tmp_path / "x", ExportOptions(precision="int4"))
+        export_model(str(tiny_source("bert")), tmp_path / "x", ExportOptions(precision=("int4",)))
     assert json.loads((tmp_path / "m" / "slimembed.json").read_text())["kind"] == "static"

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import dataclasses
 import shutil
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -51,8 +52,9 @@ class ExportOptions:
     # None: external data only past protobuf's 2 GB limit.
     external_data: bool | None = None
     # Static tables: one of fp32, fp16, int8 (per-row scales). Transformers: the fp32 graph
-    # plus, comma-separated, int8 and/or fp16 graphs beside it ("int8", "int8,fp16").
-    precision: str = "fp32"
+    # plus int8 and/or fp16 graphs beside it (("int8",), ("int8", "fp16")). A single name is
+    # accepted too.
+    precision: tuple[str, ...] | str = ("fp32",)
     min_cosine: float = MIN_COSINE
     # "embed", or "rerank": a causal LM scoring (query, document) pairs (SGPT cross-encoder).
     task: str = "embed"
@@ -105,7 +107,7 @@ def _export_static(
         kind,
         staging,
         source,
-        opts.precision,
+        _static_precision(opts.precision),
         opts.max_length,
         opts.revision or _snapshot_revision(model_dir),
     )
@@ -205,13 +207,24 @@ def _export_transformer(
     return manifest
 
 
-def _precisions(precision: str) -> tuple[str, ...]:
-    """``"int8,fp16"`` -> ("int8", "fp16"), each checked."""
-    chosen = tuple(dict.fromkeys(p.strip() for p in precision.split(",") if p.strip()))
+def _precisions(precision: Sequence[str] | str) -> tuple[str, ...]:
+    """("int8", "fp16") -> ("int8", "fp16"), each checked, repeats dropped; a single name
+    ``"int8"`` is one precision."""
+    names = (precision,) if isinstance(precision, str) else tuple(precision)
+    chosen = tuple(dict.fromkeys(p.strip() for p in names if p.strip()))
     unknown = [p for p in chosen if p not in PRECISIONS]
     if unknown or not chosen:
-        raise ExportError(f"precision {precision!r}: expected some of {PRECISIONS}")
+        shown = names[0] if len(names) == 1 else ",".join(names)
+        raise ExportError(f"precision {shown!r}: expected some of {PRECISIONS}")
     return chosen
+
+
+def _static_precision(precision: Sequence[str] | str) -> str:
+    """A static table has one precision."""
+    chosen = _precisions(precision)
+    if len(chosen) != 1:
+        raise ExportError(f"a static table has one precision, got {', '.join(chosen)}")
+    return chosen[0]
 
 
 def _command(source: str, opts: ExportOptions) -> str:
@@ -221,6 +234,8 @@ def _command(source: str, opts: ExportOptions) -> str:
     flags = []
     for f in dataclasses.fields(opts):
         value = getattr(opts, f.name)
+        if f.name == "precision":
+            value = _precisions(value)
         if value == f.default:
             continue
         flag = "--" + f.name.replace("_", "-")
@@ -241,8 +256,11 @@ def _export_rerank(source: str, model_dir: Path, staging: Path, opts: ExportOpti
     from slimembed_export.graph import export_rerank_graph
     from slimembed_export.verify import check_rerank_parity
 
-    if opts.precision != "fp32":
-        raise ExportError(f"precision {opts.precision!r} is not available for rerank graphs yet")
+    precisions = _precisions(opts.precision)
+    if precisions != ("fp32",):
+        raise ExportError(
+            f"precision {','.join(precisions)!r} is not available for rerank graphs yet"
+        )
     config = read_config(model_dir)
     if not is_decoder(config):
         raise ExportError(

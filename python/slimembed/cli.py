@@ -1,21 +1,82 @@
-"""The ``slimembed`` command: embed texts, export models, inspect model directories."""
+"""The ``slimembed`` command: embed texts, inspect model directories; other distributions add
+subcommands (``export``, ``bench``) through the ``slimembed.commands`` entry-point group."""
 
 from __future__ import annotations
 
+import importlib.metadata
 import json
 import sys
 from pathlib import Path
-from typing import Any
 
 import click
 import numpy as np
 
 from slimembed import hub, registry
 from slimembed.errors import SlimembedError
-from slimembed.manifest import PADDING_SIDES, POOLING_MODES
+
+#: The entry-point group whose click commands become ``slimembed`` subcommands.
+COMMANDS_GROUP = "slimembed.commands"
+
+#: Commands other distributions bring, and how to get them when none is installed.
+MISSING = {
+    "export": (
+        "Export Hugging Face models (needs the slimembed-export distribution).",
+        "the export pipeline is not installed: install it with `pip install ./export` from a "
+        "slimembed checkout (it brings torch and transformers)",
+    ),
+    "bench": (
+        "Benchmark slimembed against other engines (needs the slimembed-bench distribution).",
+        "the benchmarks are not installed: install them with `pip install ./benchmarks` from "
+        "a slimembed checkout (`pip install './benchmarks[fastembed]'` adds fastembed)",
+    ),
+}
 
 
-@click.group()
+def _entry_points() -> dict[str, importlib.metadata.EntryPoint]:
+    return {ep.name: ep for ep in importlib.metadata.entry_points(group=COMMANDS_GROUP)}
+
+
+def _placeholder(name: str) -> click.Command:
+    """``slimembed NAME`` when no distribution provides NAME: says what to install."""
+    short, message = MISSING[name]
+
+    def fail(args: tuple[str, ...]) -> None:
+        raise click.ClickException(message)
+
+    return click.Command(
+        name,
+        callback=fail,
+        params=[click.Argument(["args"], nargs=-1, type=click.UNPROCESSED)],
+        context_settings={"ignore_unknown_options": True, "allow_extra_args": True},
+        add_help_option=False,
+        help=short,
+        short_help=short,
+    )
+
+
+class _Commands(click.Group):
+    """The runtime's own commands plus, loaded only when asked for, each entry point of
+    ``slimembed.commands`` (so ``slimembed embed`` imports none of them)."""
+
+    def list_commands(self, ctx: click.Context) -> list[str]:
+        return sorted({*super().list_commands(ctx), *_entry_points(), *MISSING})
+
+    def get_command(self, ctx: click.Context, cmd_name: str) -> click.Command | None:
+        command = super().get_command(ctx, cmd_name)
+        if command is not None:
+            return command
+        entry_point = _entry_points().get(cmd_name)
+        if entry_point is None:
+            return _placeholder(cmd_name) if cmd_name in MISSING else None
+        loaded = entry_point.load()
+        if not isinstance(loaded, click.Command):
+            raise click.ClickException(
+                f"entry point {entry_point.value} ({COMMANDS_GROUP}) is not a click command"
+            )
+        return loaded
+
+
+@click.group(cls=_Commands)
 @click.version_option(package_name="slimembed")
 def main() -> None:
     """slimembed: text embeddings on ONNX Runtime without PyTorch."""
@@ -99,91 +160,6 @@ def embed(
             for text, vec in zip(items, vectors, strict=True):
                 fh.write(json.dumps({"text": text, "embedding": vec.tolist()}) + "\n")
         click.echo(f"wrote {len(items)} JSON lines to {output}")
-
-
-@main.command(name="export")
-@click.argument("source")
-@click.argument("out_dir", required=False, type=click.Path(file_okay=False, path_type=Path))
-@click.option(
-    "--family",
-    type=click.Choice(sorted(registry.FAMILIES)),
-    default=None,
-    help="Embed with this family's recipe (for models the registry does not list).",
-)
-@click.option(
-    "--pooling",
-    type=click.Choice(list(POOLING_MODES)),
-    default=None,
-    help="Pooling (default: the family's, else the sentence-transformers config's, else by "
-    "architecture).",
-)
-@click.option("--normalize/--no-normalize", default=None, help="L2-normalize vectors.")
-@click.option(
-    "--max-length", type=int, default=None, help="Tokens per text, special tokens included."
-)
-@click.option("--padding-side", type=click.Choice(list(PADDING_SIDES)), default=None)
-@click.option(
-    "--attention",
-    type=click.Choice(list(registry.ATTENTIONS)),
-    default=None,
-    help="Decoders: causal or bidirectional (default: the source config's is_causal, else the "
-    "family's, else causal).",
-)
-@click.option("--query-template", default=None, help="Query prompt, e.g. 'query: {text}'.")
-@click.option("--document-template", default=None, help="Document prompt, e.g. 'passage: {text}'.")
-@click.option(
-    "--precision",
-    type=click.Choice(["fp32", "fp16", "int8"]),
-    multiple=True,
-    default=("fp32",),
-    show_default=True,
-    # ExportOptions takes them comma-separated.
-    callback=lambda _ctx, _param, value: ",".join(value),
-    help="Static tables: the table's precision. Transformers: int8 and/or fp16 graphs written "
-    "beside the fp32 one, with their fidelity in the manifest (repeat for several).",
-)
-@click.option(
-    "--task",
-    type=click.Choice(["embed", "rerank"]),
-    default="embed",
-    show_default=True,
-    help="rerank: a causal LM scoring (query, document) pairs by log-probability (SGPT).",
-)
-@click.option(
-    "--rerank-template",
-    default=None,
-    help="rerank: the prompt before the query, with {document} (default: SGPT's).",
-)
-@click.option("--revision", default=None, help="Hub revision to pin.")
-@click.option(
-    "--trust-remote-code", is_flag=True, help="Allow the source's own Python code to run."
-)
-def export_command(source: str, out_dir: Path | None, **options: Any) -> None:
-    """Export SOURCE (a registry name, a Hugging Face model directory or hub id) to OUT_DIR and
-    verify it.
-
-    OUT_DIR defaults, for a registry name, to the cache, where TextEmbedding(NAME) finds it.
-    """
-    try:
-        from slimembed_export import ExportOptions, export_model
-    except ImportError as err:
-        raise click.ClickException(
-            f"the export pipeline is not installed ({err}); install it with "
-            "`pip install ./export` from a slimembed checkout (it brings torch and transformers)"
-        ) from err
-    if out_dir is None:
-        spec = registry.find(source)
-        if spec is None or spec.name != source:
-            raise click.UsageError(
-                "OUT_DIR is needed unless SOURCE is a registry name (see `slimembed models`)"
-            )
-        out_dir = hub.export_dir(source)
-    try:
-        manifest = export_model(source, out_dir, ExportOptions(**options))
-    except SlimembedError as err:
-        raise click.ClickException(str(err)) from err
-    click.echo(f"exported {source} -> {out_dir} ({manifest.pooling} pooling, dim {manifest.dim})")
-    click.echo("parity: " + json.dumps(manifest.parity))
 
 
 @main.command()
@@ -278,37 +254,3 @@ def info(model_dir: Path) -> None:
     except SlimembedError as err:
         raise click.ClickException(str(err)) from err
     click.echo(json.dumps(manifest.to_dict(), indent=2, ensure_ascii=False))
-
-
-def _benchmarks_checkout() -> Path | None:
-    """The slimembed checkout holding the current directory, whose ``benchmarks`` package the
-    bench command runs (it is not part of the installed wheel)."""
-    for folder in (Path.cwd(), *Path.cwd().parents):
-        if (folder / "benchmarks" / "cli.py").is_file() and (folder / "pyproject.toml").is_file():
-            return folder
-    return None
-
-
-@main.command(
-    name="bench",
-    context_settings={"ignore_unknown_options": True, "allow_extra_args": True},
-    add_help_option=False,
-)
-@click.argument("args", nargs=-1, type=click.UNPROCESSED)
-def bench_command(args: tuple[str, ...]) -> None:
-    """Benchmark slimembed against sentence-transformers, fastembed and model2vec (run from a
-    slimembed checkout with the bench extra; see `slimembed bench --help`)."""
-    import importlib
-
-    checkout = _benchmarks_checkout()
-    if checkout is None:
-        raise click.ClickException(
-            "slimembed bench runs the benchmarks/ folder of a slimembed checkout, which the "
-            "installed package does not carry: cd into a checkout (after "
-            "`pip install '.[bench]'`), or run `python -m benchmarks` there"
-        )
-    sys.path.insert(0, str(checkout))
-    # Imported by name: the benchmark code (and the engines it compares) is no part of the
-    # runtime, nor of its type check.
-    bench = importlib.import_module("benchmarks.cli").bench
-    bench.main(args=list(args), prog_name="slimembed bench")
