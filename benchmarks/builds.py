@@ -16,6 +16,7 @@ import json
 import os
 import subprocess
 import sys
+import tempfile
 import time
 from pathlib import Path
 from typing import Any
@@ -84,7 +85,7 @@ def main(
     worker: str | None,
 ) -> None:
     if worker is not None:
-        _worker(json.loads(worker))
+        _worker(json.loads(Path(worker).read_text()))
         return
     parsed = []
     for item in models:
@@ -99,13 +100,16 @@ def main(
         "threads": threads,
     }
     labels = [*models, *(["reranker"] if reranker else [])]
+    # The spec (texts included) travels in a file: it may exceed the command line's limit.
+    with tempfile.NamedTemporaryFile("w", suffix=".json", delete=False) as spec_file:
+        json.dump(spec, spec_file)
     procs = {}
     for build, path in (("before", before), ("after", None)):
         env = dict(os.environ)
         env["PYTHONPATH"] = os.pathsep.join(p for p in (path, str(CHECKOUT)) if p)
         cmd = [sys.executable, "-m", "benchmarks.builds", "--before", before]
         procs[build] = subprocess.Popen(
-            [*cmd, "--worker", json.dumps(spec)],
+            [*cmd, "--worker", spec_file.name],
             stdin=subprocess.PIPE,
             stdout=subprocess.PIPE,
             text=True,
@@ -125,6 +129,7 @@ def main(
         assert proc.stdin is not None
         proc.stdin.close()
         proc.wait(timeout=60)
+    os.unlink(spec_file.name)
     rows = {}
     for label in labels:
         units = pairs if label == "reranker" else n_texts
