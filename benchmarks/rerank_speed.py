@@ -25,10 +25,13 @@ import numpy as np
 from benchmarks.datasets import scifact, sts
 from benchmarks.probe import peak_rss_mib
 from benchmarks.timing import interleaved, machine, ratio, summary
-from slimembed.manifest import SGPT_RERANK_TEMPLATE
 
-# The prompt as sgptce.py writes it ("{}" for the document).
-SGPT_PROMPT = SGPT_RERANK_TEMPLATE.replace("{document}", "{}")
+# The prompt as crossencoder/beir/sgptce.py writes it ("{}" for the document), copied from there
+# rather than from the export's default so that the reference stays independent of it.
+SGPT_PROMPT = (
+    "Documents are searched to find matches with the same content.\n"
+    'The document "{}" is a good search result for "'
+)
 
 
 def sgpt_scores(

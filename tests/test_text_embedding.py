@@ -7,6 +7,7 @@ import json
 import shutil
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
+from dataclasses import replace
 from pathlib import Path
 
 import numpy as np
@@ -304,6 +305,77 @@ def test_position_and_token_type_inputs_are_fed_for_both_padding_sides(
     got = TextEmbedding(tmp_path).encode(["5 6 7", "9", "1 2 3 4 5 6"], batch_size=3)
     # Last token: position n - 1 counted from the text's first token, its id, token type 0.
     np.testing.assert_array_equal(got, [[2, 7], [0, 9], [5, 6]])
+
+
+def _kv_cache_graph(path: Path) -> None:
+    """A causal LM's layout as Optimum and Transformers.js export it: a KV cache of one layer
+    (key float32, value float16, 2 heads of 3) concatenated with the new tokens on the
+    sequence axis. Each token's state is its id plus its position id, in all 6 channels."""
+    import onnx
+    from onnx import TensorProto, helper
+
+    cache = ["batch", 2, "past_sequence_length", 3]
+    inputs = [
+        helper.make_tensor_value_info(n, TensorProto.INT64, ["batch", "seq"])
+        for n in ("input_ids", "attention_mask", "position_ids")
+    ] + [
+        helper.make_tensor_value_info("past_key_values.0.key", TensorProto.FLOAT, cache),
+        helper.make_tensor_value_info("past_key_values.0.value", TensorProto.FLOAT16, cache),
+    ]
+    consts = [
+        helper.make_tensor("k_axes", TensorProto.INT64, [2], [1, 3]),
+        helper.make_tensor("heads", TensorProto.INT64, [4], [1, 2, 1, 3]),
+        helper.make_tensor("flat", TensorProto.INT64, [3], [0, 0, 6]),
+        helper.make_tensor("p_axes", TensorProto.INT64, [1], [2]),
+    ]
+    nodes = [
+        helper.make_node("Cast", ["input_ids"], ["ids"], to=TensorProto.FLOAT),
+        helper.make_node("Unsqueeze", ["ids", "k_axes"], ["ids4"]),
+        helper.make_node("Expand", ["ids4", "heads"], ["k_new"]),
+        helper.make_node("Concat", ["past_key_values.0.key", "k_new"], ["present.0.key"], axis=2),
+        helper.make_node("Transpose", ["present.0.key"], ["by_token"], perm=[0, 2, 1, 3]),
+        helper.make_node("Reshape", ["by_token", "flat"], ["states"]),
+        helper.make_node("Cast", ["past_key_values.0.value"], ["v"], to=TensorProto.FLOAT),
+        helper.make_node("ReduceSum", ["v"], ["v_sum"], keepdims=0),
+        helper.make_node("Cast", ["position_ids"], ["pos"], to=TensorProto.FLOAT),
+        helper.make_node("Unsqueeze", ["pos", "p_axes"], ["pos3"]),
+        helper.make_node("Add", ["states", "pos3"], ["placed"]),
+        helper.make_node("Add", ["placed", "v_sum"], ["last_hidden_state"]),
+    ]
+    outputs = [
+        helper.make_tensor_value_info("last_hidden_state", TensorProto.FLOAT, ["batch", "seq", 6]),
+        helper.make_tensor_value_info("present.0.key", TensorProto.FLOAT, cache),
+    ]
+    graph = helper.make_graph(nodes, "kv", inputs, outputs, initializer=consts)
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
+    model.ir_version = 8
+    onnx.save(model, path)
+
+
+def test_a_kv_cache_graph_gets_empty_past_tensors_of_its_declared_dtype(tmp_path: Path) -> None:
+    from slimembed import Manifest
+
+    _kv_cache_graph(tmp_path / "model.onnx")
+    (tmp_path / "tokenizer.json").write_text(tiny.number_tokenizer_json())
+    manifest = Manifest(
+        dim=6,
+        pooling="last_token",
+        normalize=False,
+        max_length=None,
+        padding_side="left",
+        pad_id=0,
+        add_special_tokens=False,
+        graph_inputs=("input_ids", "attention_mask", "position_ids", "past_key_values"),
+    )
+    manifest.save(tmp_path)
+    got = TextEmbedding(tmp_path).encode(["5 6 7", "8", "1 2 3 4"], batch_size=3)
+    # The last token's id plus its position: 7 + 2, 8 + 0, 4 + 3.
+    np.testing.assert_array_equal(got, np.repeat([[9.0], [8.0], [7.0]], 6, axis=1))
+    # A manifest that promises a KV cache the graph lacks is named as the model's fault.
+    _feature_graph(tmp_path / "model.onnx")
+    replace(manifest, graph_inputs=(*manifest.graph_inputs, "token_type_ids")).save(tmp_path)
+    with pytest.raises(ModelFileError, match="differ from the manifest"):
+        TextEmbedding(tmp_path).encode(["1 2"])
 
 
 def test_hub_download_names_every_precision_and_its_data() -> None:

@@ -20,7 +20,6 @@ from slimembed.manifest import (
     MANIFEST_FILE,
     PRECISIONS,
     RERANK_INPUTS,
-    SGPT_RERANK_TEMPLATE,
     Manifest,
     Prompt,
 )
@@ -29,6 +28,12 @@ from slimembed_export.errors import ExportError
 from slimembed_export.source import is_decoder, read_config, read_sentence_transformers
 from slimembed_export.verify import check_static_parity
 
+# SGPT's cross-encoder prompt (github.com/Muennighoff/sgpt, crossencoder/beir/sgptce.py), the
+# default of `--task rerank`; the query's tokens follow it and are scored.
+SGPT_RERANK_TEMPLATE = (
+    "Documents are searched to find matches with the same content.\n"
+    'The document "{document}" is a good search result for "'
+)
 MIN_COSINE = 0.99999
 MAX_SCORE_DIFF = 1e-4
 
@@ -64,6 +69,13 @@ class ExportOptions:
     max_score_diff: float = MAX_SCORE_DIFF
 
 
+def resolve_source(source: str | Path, *, revision: str | None = None) -> Path:
+    """The Hugging Face model directory to export: a local path, a registry name (its source
+    repository) or a hub id, downloaded whole into the cache."""
+    spec = None if Path(source).expanduser().exists() else registry.find(str(source))
+    return hub.snapshot(spec.source if spec else source, revision=revision)
+
+
 def export_model(
     source: str, out_dir: str | Path, options: ExportOptions | None = None
 ) -> Manifest:
@@ -77,7 +89,7 @@ def export_model(
         raise ExportError(
             f"{out} exists and is not a slimembed model directory; refusing to overwrite it"
         )
-    model_dir = hub.resolve_source(source, revision=opts.revision)
+    model_dir = resolve_source(source, revision=opts.revision)
     staging = out.with_name(out.name + ".partial")
     shutil.rmtree(staging, ignore_errors=True)
     staging.mkdir(parents=True)

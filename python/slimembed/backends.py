@@ -42,27 +42,38 @@ class Backend(Protocol):
         """``(len(texts), dim or manifest.dim)`` float32 vectors, in input order."""
         ...
 
-    def encode(self, texts: list[str], plan: PromptPlan) -> _core.Encoded:
-        """The token ids the model sees for ``texts`` under ``plan``."""
+    def encode(
+        self, texts: list[str], plan: PromptPlan, max_length: int | None = None
+    ) -> _core.Encoded:
+        """The token ids the model sees for ``texts`` under ``plan`` (truncated to
+        ``max_length``, default the model's)."""
         ...
 
 
-def encode(
-    tokenizer: _core.Tokenizer, manifest: Manifest, texts: list[str], plan: PromptPlan
-) -> _core.Encoded:
-    """Token ids of ``texts`` under ``plan``: truncated to the max length, special and inserted
-    ids included; an excluded instruction is tokenized apart and counted in the pooling skip."""
-    return tokenizer.encode(
-        plan.wrap(texts),
-        instruction=plan.head if plan.exclude_instruction else None,
-        add_special_tokens=manifest.add_special_tokens,
-        max_length=manifest.max_length,
-        prefix_ids=list(plan.prefix_ids),
-        suffix_ids=list(plan.suffix_ids),
-    )
+class _Tokenized:
+    """What both backends share: the model's tokenizer under its manifest's rules."""
+
+    manifest: Manifest
+    tokenizer: _core.Tokenizer
+
+    def encode(
+        self, texts: list[str], plan: PromptPlan, max_length: int | None = None
+    ) -> _core.Encoded:
+        """Token ids of ``texts`` under ``plan``: truncated to ``max_length`` (default: the
+        model's), special and inserted ids included; an excluded instruction is tokenized apart
+        and counted in the pooling skip."""
+        m = self.manifest
+        return self.tokenizer.encode(
+            plan.wrap(texts),
+            instruction=plan.head if plan.exclude_instruction else None,
+            add_special_tokens=m.add_special_tokens,
+            max_length=max_length or m.max_length,
+            prefix_ids=list(plan.prefix_ids),
+            suffix_ids=list(plan.suffix_ids),
+        )
 
 
-class TransformerBackend:
+class TransformerBackend(_Tokenized):
     """An ONNX graph: tokenize, batch, pad, run, pool."""
 
     def __init__(
@@ -74,9 +85,6 @@ class TransformerBackend:
         self.precision = precision
         self.max_tokens = max_tokens
 
-    def encode(self, texts: list[str], plan: PromptPlan) -> _core.Encoded:
-        return encode(self.tokenizer, self.manifest, texts, plan)
-
     def embed(
         self, texts: list[str], plan: PromptPlan, batch_size: int, dim: int | None
     ) -> Vectors:
@@ -86,8 +94,8 @@ class TransformerBackend:
         lengths = encoded.lengths()
         # A text with no tokens at all keeps the zero vector; the graph never sees seq = 0.
         nonempty = np.flatnonzero(lengths)
-        for rows in plan_batches(lengths[nonempty], batch_size, self.max_tokens):
-            rows = nonempty[rows]
+        for picked in plan_batches(lengths[nonempty], batch_size, self.max_tokens):
+            rows = nonempty[picked]
             batch = self.runner.pad(encoded, rows)
             out[rows] = _core.pool(
                 self.runner.run(batch),
@@ -100,7 +108,7 @@ class TransformerBackend:
         return out
 
 
-class StaticBackend:
+class StaticBackend(_Tokenized):
     """A static table run end to end in Rust; no ONNX Runtime session."""
 
     def __init__(self, model: _core.StaticModel, tokenizer: _core.Tokenizer, manifest: Manifest):
@@ -108,9 +116,6 @@ class StaticBackend:
         self.tokenizer = tokenizer
         self.manifest = manifest
         self.precision = manifest.precision
-
-    def encode(self, texts: list[str], plan: PromptPlan) -> _core.Encoded:
-        return encode(self.tokenizer, self.manifest, texts, plan)
 
     def embed(
         self, texts: list[str], plan: PromptPlan, batch_size: int, dim: int | None

@@ -99,19 +99,20 @@ def exported(name: str, cache_dir: str | os.PathLike[str] | None = None) -> bool
     return (export_dir(name, cache_dir) / MANIFEST_FILE).is_file()
 
 
-def resolve_source(
-    source: str | os.PathLike[str],
+def snapshot(
+    model: str | os.PathLike[str],
     *,
     cache_dir: str | os.PathLike[str] | None = None,
     revision: str | None = None,
+    local_files_only: bool = False,
+    allow_patterns: list[str] | None = None,
 ) -> Path:
-    """A Hugging Face model directory for export: a local path, a registry name or a hub id."""
-    local = _local_dir(source)
+    """A local directory as it is, or a hub repository's snapshot in the cache holding the files
+    that match ``allow_patterns`` (all files when ``None``), downloaded where missing."""
+    local = _local_dir(model)
     if local is not None:
         return local
-    spec = registry.find(str(source))
-    repo_id = _repo_id(spec.source if spec else str(source))
-    return _download(repo_id, cache_dir, revision, False, None)
+    return _download(_repo_id(str(model)), cache_dir, revision, local_files_only, allow_patterns)
 
 
 def _local_dir(model: str | os.PathLike[str]) -> Path | None:

@@ -22,18 +22,20 @@ POOLING_MODES: tuple[str, ...] = tuple(_core.POOLING_MODES)
 PADDING_SIDES = ("left", "right")
 PRECISIONS = ("fp32", "fp16", "int8")
 KINDS = ("transformer", "static")
-# Graph inputs the runtime knows how to feed; every graph needs the first two.
-GRAPH_INPUTS = ("input_ids", "attention_mask", "token_type_ids", "position_ids")
+# Graph inputs the runtime knows how to feed; every graph needs the first two. "past_key_values"
+# stands for a causal LM's KV-cache inputs (past_key_values.N.key/value), fed empty.
+GRAPH_INPUTS = (
+    "input_ids",
+    "attention_mask",
+    "token_type_ids",
+    "position_ids",
+    "past_key_values",
+)
+PAST = "past_key_values"
 # embed: hidden states to pool; rerank: a causal LM's log-probabilities of chosen tokens.
 TASKS = ("embed", "rerank")
 # A rerank graph's extra inputs: which positions to score and the tokens expected there.
 RERANK_INPUTS = ("input_ids", "attention_mask", "target_positions", "target_ids")
-# SGPT's cross-encoder prompt (github.com/Muennighoff/sgpt, crossencoder/beir/sgptce.py); the
-# query's tokens follow it and are scored.
-SGPT_RERANK_TEMPLATE = (
-    "Documents are searched to find matches with the same content.\n"
-    'The document "{document}" is a good search result for "'
-)
 
 
 @dataclass(frozen=True)

@@ -11,72 +11,48 @@ query are never cut. The graph gathers the hidden states at the query's position
 
 from __future__ import annotations
 
-import os
 from collections.abc import Iterable, Iterator, Sequence
+from functools import cached_property
 from itertools import islice
 
 import numpy as np
 import numpy.typing as npt
 
-from slimembed import _core, env, hub
-from slimembed.backends import load_native
+from slimembed import _core
+from slimembed.backends import TransformerBackend
 from slimembed.batching import plan_batches
+from slimembed.facade import CHUNK_SIZE, Facade, check_texts
 from slimembed.runner import GraphRunner
-from slimembed.text_embedding import (
-    CHUNK_SIZE,
-    DEFAULT_MAX_TOKENS,
-    TextEmbedding,
-    check_limits,
-    check_texts,
-)
+from slimembed.text_embedding import TextEmbedding
 
 DEFAULT_BATCH_SIZE = 64
 
 
-class TextCrossEncoder:
+class TextCrossEncoder(Facade):
     """Score (query, document) pairs with a model exported by ``slimembed export --task rerank``.
 
-    Arguments as ``TextEmbedding``'s. Scores are log-probabilities: higher is more relevant, 0
-    is the maximum.
+    The arguments are ``Facade.__init__``'s, as ``TextEmbedding``'s; a model must be named.
+    Scores are log-probabilities: higher is more relevant, 0 is the maximum.
     """
 
-    def __init__(
-        self,
-        model_name: str | os.PathLike[str],
-        cache_dir: str | os.PathLike[str] | None = None,
-        threads: int | None = None,
-        providers: Sequence[str] | None = None,
-        cuda: bool = False,
-        device_id: int = 0,
-        lazy_load: bool = False,
-        revision: str | None = None,
-        local_files_only: bool = False,
-        max_tokens: int = DEFAULT_MAX_TOKENS,
-    ) -> None:
-        check_limits(max_tokens, threads)
-        self.model_name = str(model_name)
-        self.model_dir, self.manifest = hub.open_model(
-            model_name,
-            task="rerank",
-            cache_dir=cache_dir,
-            revision=revision,
-            local_files_only=local_files_only,
-        )
+    task = "rerank"
+
+    @property
+    def runner(self) -> GraphRunner:
+        """The graph runner under the reranker."""
+        assert isinstance(self.backend, TransformerBackend)  # a rerank manifest says so
+        return self.backend.runner
+
+    @property
+    def tokenizer(self) -> _core.Tokenizer:
+        return self.backend.tokenizer
+
+    @cached_property
+    def _head_len(self) -> int:
+        """Tokens of the prompt's head (before ``{document}``), never cut."""
         assert self.manifest.rerank_template is not None  # the manifest checks it
-        self.max_tokens = max_tokens
-        self.tokenizer = load_native(_core.Tokenizer, self.model_dir / self.manifest.tokenizer_file)
         head, _, _ = self.manifest.rerank_template.partition("{document}")
-        self._head_len = len(self.tokenizer.encode([head], add_special_tokens=False).row(0))
-        self.runner = GraphRunner(
-            self.model_dir,
-            self.manifest,
-            providers=providers,
-            cuda=cuda,
-            device_id=device_id,
-            threads=env.default_threads() if threads is None else threads,
-        )
-        if not lazy_load:
-            self.runner.load()
+        return len(self.tokenizer.encode([head], add_special_tokens=False).row(0))
 
     def rerank(
         self,
@@ -152,16 +128,7 @@ class TextCrossEncoder:
         qry = self.tokenizer.encode(queries, add_special_tokens=False)
         head = self._head_len
         room = None if self.manifest.max_length is None else self.manifest.max_length + 1 - head
-        counts = qry.lengths()
-        if (empty := np.flatnonzero(counts == 0)).size:
-            raise ValueError(f"query of pair {offset + int(empty[0])} has no tokens to score")
-        if room is not None and (long := np.flatnonzero(counts >= room)).size:
-            i = int(long[0])
-            raise ValueError(
-                f"query of pair {offset + i} has {counts[i]} tokens; with the prompt it must "
-                f"stay under the max length {self.manifest.max_length} (queries are never cut)"
-            )
-        return ctx.rerank_rows(qry, keep=head, room=room), qry
+        return ctx.rerank_rows(qry, keep=head, room=room, first=offset), qry
 
     def __repr__(self) -> str:
         return f"TextCrossEncoder({self.model_name!r})"

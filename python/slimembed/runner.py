@@ -4,6 +4,9 @@ Every path that runs a graph goes through it: the transformer backend of ``TextE
 ``TextCrossEncoder``, ``distill``, and export's verification and calibration. It pads rows in
 Rust (``Encoded.pad``) with the manifest's padding side and pad id, and builds the graph's feeds
 from the inputs the manifest declares, so "pad the rows and build the feeds" is written once.
+A causal LM exported with a KV cache (``past_key_values.N.key/value``, as Optimum and
+Transformers.js write them) gets zero-length past tensors of the dtype and fixed dims the graph
+declares: one pass over the whole text, nothing cached.
 
 The session is created on first use (or by ``load``) under a lock, so threads that share a
 runner share one session; ONNX Runtime's ``run`` is itself safe to call from several threads.
@@ -21,8 +24,8 @@ import numpy as np
 import numpy.typing as npt
 
 from slimembed import _core
-from slimembed.manifest import Manifest
-from slimembed.session import create_session
+from slimembed.manifest import PAST, Manifest
+from slimembed.session import PAST_DTYPES, create_session
 
 Int64Array = npt.NDArray[np.int64]
 
@@ -65,6 +68,8 @@ class GraphRunner:
         }
         self._session: Any = None
         self._lock = threading.Lock()
+        # (name, dtype, dims) of each KV-cache input, read from the session once.
+        self._past: list[tuple[str, Any, list[int | str | None]]] | None = None
 
     @property
     def loaded(self) -> bool:
@@ -94,22 +99,43 @@ class GraphRunner:
 
     def feeds(
         self, batch: Batch, extra: Mapping[str, Int64Array] | None = None
-    ) -> dict[str, Int64Array]:
-        """The graph's inputs for ``batch``: ids and mask, zero token types and position ids
-        where the manifest declares them, and ``extra`` inputs (a reranker's targets)."""
+    ) -> dict[str, npt.NDArray[Any]]:
+        """The graph's inputs for ``batch``: ids and mask, zero token types, position ids and
+        empty KV-cache tensors where the manifest declares them, and ``extra`` inputs (a
+        reranker's targets)."""
         inputs = self.manifest.graph_inputs
-        feeds = {"input_ids": batch.ids, "attention_mask": batch.mask}
+        feeds: dict[str, npt.NDArray[Any]] = {
+            "input_ids": batch.ids,
+            "attention_mask": batch.mask,
+        }
         if "token_type_ids" in inputs:
             feeds["token_type_ids"] = np.zeros_like(batch.ids)
         if "position_ids" in inputs:
             if batch.positions is None:
                 raise ValueError("this graph takes position_ids: the batch has none")
             feeds["position_ids"] = batch.positions
+        if PAST in inputs:
+            feeds.update(self._empty_past(len(batch.ids)))
         feeds.update(extra or {})
-        missing = sorted(set(inputs) - set(feeds))
+        missing = sorted(set(inputs) - set(feeds) - {PAST})
         if missing:
             raise ValueError(f"no values for the graph's inputs {missing}")
         return feeds
+
+    def _empty_past(self, rows: int) -> dict[str, npt.NDArray[Any]]:
+        """Zero-length past keys and values: the batch axis ``rows``, the graph's fixed dims as
+        declared (heads, head size), every other symbolic dim (the past length) 0."""
+        if self._past is None:  # the session checked these inputs' types (check_graph)
+            inputs = self.load().get_inputs()
+            self._past = [
+                (i.name, PAST_DTYPES[i.type], list(i.shape))
+                for i in inputs
+                if i.name.startswith(PAST + ".")
+            ]
+        return {
+            name: np.zeros([rows, *(d if isinstance(d, int) else 0 for d in dims[1:])], dtype)
+            for name, dtype, dims in self._past
+        }
 
     def run(
         self, batch: Batch, extra: Mapping[str, Int64Array] | None = None

@@ -13,12 +13,15 @@ import shutil
 from collections.abc import Sequence
 from pathlib import Path
 
+import numpy as np
 import onnxruntime as ort
 
 from slimembed import _core, env
 from slimembed.errors import ModelFileError, ProviderError
-from slimembed.manifest import Manifest
+from slimembed.manifest import PAST, Manifest
 
+# ONNX tensor types a KV cache's inputs may have, as ONNX Runtime names them.
+PAST_DTYPES = {"tensor(float)": np.float32, "tensor(float16)": np.float16}
 CPU = "CPUExecutionProvider"
 CUDA = "CUDAExecutionProvider"
 # onnxruntime's own exception types for a graph it cannot read.
@@ -174,13 +177,20 @@ def check_graph(session: ort.InferenceSession, manifest: Manifest, path: Path) -
     """The graph takes the manifest's int64 inputs and gives a float32 (batch, seq, dim) output
     (an embedder) or (batch, targets) log-probabilities (a reranker)."""
     inputs = {i.name: i for i in session.get_inputs()}
-    if set(inputs) != set(manifest.graph_inputs):
+    past = {name for name in inputs if name.startswith(PAST + ".")}
+    declared = set(inputs) - past | ({PAST} if past else set())
+    if declared != set(manifest.graph_inputs):
         raise ModelFileError(
             f"{path}: graph inputs {sorted(inputs)} differ from the manifest's "
             f"{sorted(manifest.graph_inputs)}"
         )
     for name, meta in inputs.items():
-        if meta.type != "tensor(int64)":
+        if name in past and meta.type not in PAST_DTYPES:
+            raise ModelFileError(
+                f"{path}: input {name!r} is {meta.type}; a KV cache of float or float16 is "
+                "supported"
+            )
+        if name not in past and meta.type != "tensor(int64)":
             raise ModelFileError(f"{path}: input {name!r} is {meta.type}, the contract says int64")
     outputs = {o.name: o for o in session.get_outputs()}
     out = outputs.get(manifest.graph_output)

@@ -10,8 +10,7 @@ Performance notes:
 
 from __future__ import annotations
 
-import os
-from collections.abc import Iterable, Iterator, Sequence, Sized
+from collections.abc import Iterable, Iterator, Sized
 from dataclasses import replace
 from itertools import islice
 from pathlib import Path
@@ -20,82 +19,29 @@ from typing import Any
 import numpy as np
 import numpy.typing as npt
 
-from slimembed import _core, env, hub, registry
-from slimembed.backends import Backend, load_backend
+from slimembed import _core, registry
+from slimembed.facade import CHUNK_SIZE, Facade, as_iterable, check_texts
 from slimembed.manifest import RAW, Prompt, PromptPlan
 
 DEFAULT_BATCH_SIZE = 256
-DEFAULT_MAX_TOKENS = 8192
-# Texts tokenized and length-sorted together; larger chunks pad less but yield later.
-CHUNK_SIZE = 2048
 # The embedded default: a static model distilled from all-MiniLM-L6-v2 (see README).
 DEFAULT_MODEL_DIR = Path(__file__).parent / "models" / "default"
 
 Vector = npt.NDArray[np.float32]
 
 
-class TextEmbedding:
-    """Embed texts with a slimembed model directory on ONNX Runtime (CPU or CUDA).
+class TextEmbedding(Facade):
+    """Embed texts with a slimembed model directory on ONNX Runtime (CPU or CUDA), or a static
+    table in slimembed's Rust core.
 
-    Args:
-        model_name: a model directory made by ``slimembed export`` or ``slimembed distill``, or
-            a Hugging Face id of a repository holding one (downloaded into ``cache_dir``).
-            ``None`` loads the embedded default, a static model shipped inside the package
-            that works offline.
-        cache_dir: where hub downloads are kept (default: ``SLIMEMBED_CACHE_DIR`` or
-            ``~/.cache/slimembed``).
-        threads: worker threads: ONNX Runtime intra-op threads, or the Rust pool of a static
-            model (default: ``SLIMEMBED_THREADS``, else all cores).
-        providers: ONNX Runtime execution providers, e.g. ``["CUDAExecutionProvider"]``.
-        cuda: use the CUDA provider; raises ProviderError where it is not available.
-        device_id: the CUDA device.
-        lazy_load: load the graph on first use instead of now.
-        revision: hub revision (branch, tag or commit) to pin.
-        local_files_only: never download; use the cache only.
-        max_tokens: padded tokens per batch at most (bounds memory for long texts).
-        precision: which graph of the directory to run (``"fp32"``, ``"int8"``, ``"fp16"``);
-            default: INT8 on CPU and FP16 on CUDA where the directory holds them, else its
-            main graph. ``self.precision`` says which one runs.
+    ``TextEmbedding()`` loads the embedded default, a static model shipped inside the package
+    that works offline; the arguments are ``Facade.__init__``'s (``model_name``, ``cache_dir``,
+    ``threads``, ``providers``, ``cuda``, ``device_id``, ``lazy_load``, ``revision``,
+    ``local_files_only``, ``max_tokens``, ``precision``).
     """
 
-    def __init__(
-        self,
-        model_name: str | os.PathLike[str] | None = None,
-        cache_dir: str | os.PathLike[str] | None = None,
-        threads: int | None = None,
-        providers: Sequence[str] | None = None,
-        cuda: bool = False,
-        device_id: int = 0,
-        lazy_load: bool = False,
-        revision: str | None = None,
-        local_files_only: bool = False,
-        max_tokens: int = DEFAULT_MAX_TOKENS,
-        precision: str | None = None,
-    ) -> None:
-        check_limits(max_tokens, threads)
-        self.model_name = "default" if model_name is None else str(model_name)
-        self.model_dir, self.manifest = hub.open_model(
-            DEFAULT_MODEL_DIR if model_name is None else model_name,
-            task="embed",
-            cache_dir=cache_dir,
-            revision=revision,
-            local_files_only=local_files_only,
-        )
-        self.threads = env.default_threads() if threads is None else threads
-        self.max_tokens = max_tokens
-        self.backend: Backend = load_backend(
-            self.model_dir,
-            self.manifest,
-            precision=precision,
-            providers=providers,
-            cuda=cuda,
-            device_id=device_id,
-            threads=self.threads,
-            max_tokens=max_tokens,
-            lazy_load=lazy_load,
-            name=self.model_name,
-        )
-        self.precision = self.backend.precision
+    task = "embed"
+    default_model = DEFAULT_MODEL_DIR
 
     # ---- fastembed-compatible API -------------------------------------------------------
 
@@ -226,18 +172,20 @@ class TextEmbedding:
 
         ``prompt`` is ``None`` (the raw text, no prompt), ``"query"`` or ``"document"``.
         """
-        plan = self._plan(prompt, instruction)
-        width = self._check_dim(dim)
+        plan = self.plan(prompt, instruction)
+        width = self.check_dim(dim)
         if batch_size < 1:
             raise ValueError(f"batch_size must be >= 1, got {batch_size}")
-        chunks = list(self._chunks(_as_iterable(texts), plan, batch_size, dim, progress))
+        chunks = list(self._chunks(as_iterable(texts), plan, batch_size, dim, progress))
         if not chunks:
             return np.zeros((0, width), dtype=np.float32)
         return np.concatenate(chunks)
 
     # ---- the pipeline --------------------------------------------------------------------
 
-    def _check_dim(self, dim: int | None) -> int:
+    def check_dim(self, dim: int | None) -> int:
+        """The width of the vectors for ``dim`` (``None``: the model's); ValueError unless
+        ``dim`` is an integer from 1 to the model's dim."""
         if dim is None:
             return self.manifest.dim
         if isinstance(dim, bool) or not isinstance(dim, int) or not 0 < dim <= self.manifest.dim:
@@ -256,11 +204,11 @@ class TextEmbedding:
         progress: bool,
     ) -> Iterator[Vector]:
         # Validate eagerly so bad arguments fail at the call, not at the first next().
-        self._check_dim(dim)
+        self.check_dim(dim)
         if batch_size < 1:
             raise ValueError(f"batch_size must be >= 1, got {batch_size}")
         plan = prompt.plan(instruction) if prompt else RAW
-        chunks = self._chunks(_as_iterable(texts), plan, batch_size, dim, progress)
+        chunks = self._chunks(as_iterable(texts), plan, batch_size, dim, progress)
         return (row for chunk in chunks for row in chunk)
 
     def _chunks(
@@ -296,11 +244,13 @@ class TextEmbedding:
         ``Encoded.row(i)`` gives text ``i``'s ids; ``Encoded.pad`` also gives the number of
         leading tokens left out of pooling (an excluded instruction).
         """
-        items = list(_as_iterable(texts))
+        items = list(as_iterable(texts))
         check_texts(items, 0)
-        return self.backend.encode(items, self._plan(prompt, instruction))
+        return self.backend.encode(items, self.plan(prompt, instruction))
 
-    def _plan(self, prompt: str | None, instruction: str | None) -> PromptPlan:
+    def plan(self, prompt: str | None, instruction: str | None = None) -> PromptPlan:
+        """The prompt ``encode`` applies for ``prompt`` (``None``, ``"query"`` or
+        ``"document"``) and ``instruction`` (queries only); ValueError otherwise."""
         prompts = {None: None, "query": self.manifest.query, "document": self.manifest.document}
         if prompt not in prompts:
             raise ValueError(f"prompt must be None, 'query' or 'document', got {prompt!r}")
@@ -312,35 +262,6 @@ class TextEmbedding:
     def __repr__(self) -> str:
         m = self.manifest
         return f"TextEmbedding({self.model_name!r}, dim={m.dim}, pooling={m.pooling!r})"
-
-
-def check_limits(max_tokens: int, threads: int | None) -> None:
-    """The argument checks TextEmbedding and TextCrossEncoder share."""
-    if max_tokens < 1:
-        raise ValueError(f"max_tokens must be >= 1, got {max_tokens}")
-    if threads is not None and threads < 1:
-        raise ValueError(f"threads must be >= 1, got {threads}")
-
-
-def _as_iterable(texts: str | Iterable[str]) -> Iterable[str]:
-    """A bare string is one text (as in fastembed); anything else must be iterable."""
-    if isinstance(texts, str):
-        return [texts]
-    if isinstance(texts, bytes) or not isinstance(texts, Iterable):
-        raise TypeError(
-            f"texts must be a string or an iterable of strings, got {type(texts).__name__}"
-        )
-    return texts
-
-
-def check_texts(chunk: list[Any], offset: int) -> None:
-    """TypeError naming the position (``offset`` + index) of the first non-string."""
-    for i, text in enumerate(chunk):
-        if not isinstance(text, str):
-            raise TypeError(
-                f"texts[{offset + i}] is {type(text).__name__}, not str; "
-                "every text must be a string"
-            )
 
 
 def _progress_bar(texts: Iterable[str]) -> Any:

@@ -162,16 +162,17 @@ impl PyEncoded {
     }
 
     /// SGPT's rerank rows: see `Encoded::rerank_rows`.
-    #[pyo3(signature = (queries, *, keep, room=None))]
+    #[pyo3(signature = (queries, *, keep, room=None, first=0))]
     fn rerank_rows(
         &self,
         py: Python<'_>,
         queries: &Bound<'_, PyEncoded>,
         keep: usize,
         room: Option<usize>,
+        first: usize,
     ) -> PyResult<PyEncoded> {
         let queries = &queries.get().inner;
-        let inner = py.detach(|| self.inner.rerank_rows(queries, keep, room))?;
+        let inner = py.detach(|| self.inner.rerank_rows(queries, keep, room, first))?;
         Ok(PyEncoded { inner })
     }
 

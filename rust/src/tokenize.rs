@@ -162,9 +162,23 @@ impl TextTokenizer {
         };
         let prefix = self.id_tokens(&opts.prefix_ids)?;
         let suffix = self.id_tokens(&opts.suffix_ids)?;
-        let one = |(i, text): (usize, &String)| {
-            self.encode_one(i, text, instruction, budget, &prefix, &suffix, opts)
+        // The instruction's length (the pooling skip) is the same for every text: count it once.
+        let instruction = instruction
+            .map(|ins| -> Result<(&str, usize)> {
+                let enc = self.inner.encode_fast(ins, false).map_err(|e| {
+                    Error::InvalidArgument(format!("the instruction cannot be tokenized: {e}"))
+                })?;
+                Ok((ins, enc.len()))
+            })
+            .transpose()?;
+        let plan = RowPlan {
+            instruction,
+            budget,
+            prefix: &prefix,
+            suffix: &suffix,
+            add_special_tokens: opts.add_special_tokens,
         };
+        let one = |(i, text): (usize, &String)| self.encode_one(i, text, &plan);
         let rows: Vec<(Vec<u32>, usize)> = if opts.parallel {
             texts
                 .par_iter()
@@ -190,11 +204,14 @@ impl TextTokenizer {
         if self.piece_ids(index, text, add_special_tokens, out)? {
             return Ok(());
         }
-        let opts = EncodeOptions {
+        let plan = RowPlan {
+            instruction: None,
+            budget: None,
+            prefix: &[],
+            suffix: &[],
             add_special_tokens,
-            ..EncodeOptions::default()
         };
-        let (ids, _) = self.encode_whole(index, text, None, None, &[], &[], &opts)?;
+        let (ids, _) = self.encode_whole(index, text, &plan)?;
         out.extend_from_slice(&ids);
         Ok(())
     }
@@ -243,47 +260,33 @@ impl TextTokenizer {
             .collect()
     }
 
-    #[allow(clippy::too_many_arguments)]
-    fn encode_one(
-        &self,
-        index: usize,
-        text: &str,
-        instruction: Option<&str>,
-        budget: Option<usize>,
-        prefix: &[Token],
-        suffix: &[Token],
-        opts: &EncodeOptions,
-    ) -> Result<(Vec<u32>, usize)> {
-        if instruction.is_none() && prefix.is_empty() && suffix.is_empty() {
+    fn encode_one(&self, index: usize, text: &str, plan: &RowPlan) -> Result<(Vec<u32>, usize)> {
+        if plan.instruction.is_none() && plan.prefix.is_empty() && plan.suffix.is_empty() {
             let mut ids = Vec::new();
-            if self.piece_ids(index, text, opts.add_special_tokens, &mut ids)? {
-                ids.truncate(budget.unwrap_or(usize::MAX));
+            if self.piece_ids(index, text, plan.add_special_tokens, &mut ids)? {
+                ids.truncate(plan.budget.unwrap_or(usize::MAX));
                 return Ok((ids, 0));
             }
         }
-        self.encode_whole(index, text, instruction, budget, prefix, suffix, opts)
+        self.encode_whole(index, text, plan)
     }
 
     /// `encode_one` through the tokenizers crate's full pipeline, the text encoded whole.
-    #[allow(clippy::too_many_arguments)]
-    fn encode_whole(
-        &self,
-        index: usize,
-        text: &str,
-        instruction: Option<&str>,
-        budget: Option<usize>,
-        prefix: &[Token],
-        suffix: &[Token],
-        opts: &EncodeOptions,
-    ) -> Result<(Vec<u32>, usize)> {
+    fn encode_whole(&self, index: usize, text: &str, plan: &RowPlan) -> Result<(Vec<u32>, usize)> {
+        let RowPlan {
+            instruction,
+            budget,
+            prefix,
+            suffix,
+            add_special_tokens,
+        } = *plan;
         let fail = |e: tokenizers::Error| Error::Tokenize {
             index,
             reason: e.to_string(),
         };
         let (mut enc, instruction_len) = match instruction {
             None => (self.inner.encode_fast(text, false).map_err(fail)?, 0),
-            Some(ins) => {
-                let n = self.inner.encode_fast(ins, false).map_err(fail)?.len();
+            Some((ins, n)) => {
                 let full = format!("{ins}{text}");
                 (
                     self.inner.encode_fast(full.as_str(), false).map_err(fail)?,
@@ -309,7 +312,7 @@ impl TextTokenizer {
             );
         }
         let mut leading = 0;
-        if opts.add_special_tokens {
+        if add_special_tokens {
             enc = self.inner.post_process(enc, None, true).map_err(fail)?;
             leading = enc
                 .get_sequence_ids()
@@ -324,6 +327,18 @@ impl TextTokenizer {
         };
         Ok((enc.get_ids().to_vec(), skip))
     }
+}
+
+/// How every row of one `encode` call is built: the instruction before the text (with its
+/// token count, the pooling skip), the text's token budget, the ids inserted around it, and
+/// whether the post-processor's special tokens are added.
+#[derive(Clone, Copy)]
+struct RowPlan<'a> {
+    instruction: Option<(&'a str, usize)>,
+    budget: Option<usize>,
+    prefix: &'a [Token],
+    suffix: &'a [Token],
+    add_special_tokens: bool,
 }
 
 /// What `PieceRule::for_config` reads: normalizer, pre-tokenizer, added tokens, and the model's
@@ -394,11 +409,16 @@ impl Encoded {
     /// (a prompt holding a document) whose first `keep` ids (the prompt's head) are kept,
     /// then the rest followed by `queries`' row `i`, cut from the left to `room` ids when
     /// given, and the last id dropped (the query's tokens are predicted, not read, at the end).
+    ///
+    /// A query must have tokens and, when `room` is given, fewer than `room` of them (queries
+    /// are never cut); the first pair that breaks this is named in the error, counted from
+    /// `first` (the chunk's offset in the caller's input).
     pub fn rerank_rows(
         &self,
         queries: &Encoded,
         keep: usize,
         room: Option<usize>,
+        first: usize,
     ) -> Result<Encoded> {
         if queries.len() != self.len() {
             return Err(Error::InvalidArgument(format!(
@@ -413,11 +433,18 @@ impl Encoded {
             .zip(&queries.ids)
             .enumerate()
             .map(|(i, (context, query))| {
-                if query.is_empty() || room.is_some_and(|r| query.len() >= r) {
+                let pair = first + i;
+                if query.is_empty() {
                     return Err(Error::InvalidArgument(format!(
-                        "query of pair {i} has {} tokens: it needs between 1 and the room left \
-                         by the prompt",
-                        query.len()
+                        "query of pair {pair} has no tokens to score"
+                    )));
+                }
+                if let Some(r) = room.filter(|&r| query.len() >= r) {
+                    return Err(Error::InvalidArgument(format!(
+                        "query of pair {pair} has {} tokens; with the prompt it must stay under \
+                         the max length {} (queries are never cut)",
+                        query.len(),
+                        r + keep - 1
                     )));
                 }
                 let head = keep.min(context.len());
@@ -604,18 +631,21 @@ mod tests {
         let opts = EncodeOptions::default();
         let contexts = tok.encode(&texts(&["a b c d", "a"]), None, &opts).unwrap();
         let queries = tok.encode(&texts(&["b c", "d"]), None, &opts).unwrap();
-        let rows = contexts.rerank_rows(&queries, 1, None).unwrap();
+        let rows = contexts.rerank_rows(&queries, 1, None, 0).unwrap();
         assert_eq!(rows.row(0).unwrap(), &[4, 5, 6, 7, 5]);
         assert_eq!(rows.row(1).unwrap(), &[4]);
         // Room for 3 ids after the head: the document loses its start, the query stays whole.
-        let cut = contexts.rerank_rows(&queries, 1, Some(3)).unwrap();
+        let cut = contexts.rerank_rows(&queries, 1, Some(3), 0).unwrap();
         assert_eq!(cut.row(0).unwrap(), &[4, 7, 5]);
         assert_eq!(cut.row(1).unwrap(), &[4]);
-        assert!(contexts.rerank_rows(&queries, 1, Some(2)).is_err());
-        let empty = tok.encode(&texts(&["", ""]), None, &opts).unwrap();
-        assert!(contexts.rerank_rows(&empty, 1, None).is_err());
+        // Pair 0's query has 2 ids, too many for a room of 2; counted from the chunk's offset 7.
+        let long = contexts.rerank_rows(&queries, 1, Some(2), 7).unwrap_err();
+        assert!(long.to_string().contains("pair 7 has 2 tokens"), "{long}");
+        let empty = tok.encode(&texts(&["b", ""]), None, &opts).unwrap();
+        let none = contexts.rerank_rows(&empty, 1, None, 0).unwrap_err();
+        assert!(none.to_string().contains("pair 1 has no tokens"), "{none}");
         assert!(contexts
-            .rerank_rows(&tok.encode(&[], None, &opts).unwrap(), 1, None)
+            .rerank_rows(&tok.encode(&[], None, &opts).unwrap(), 1, None, 0)
             .is_err());
     }
 

@@ -1,0 +1,128 @@
+"""What the user-facing model classes share: opening a model by name or path, the argument
+checks, loading its backend once, and the checks on texts at the edge.
+
+``TextEmbedding`` and ``TextCrossEncoder`` take the same loading arguments (as fastembed's
+classes do) and differ only in the task their model directory must hold and in what they do
+with the backend, so the constructor is written once, here.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Iterable, Sequence
+from pathlib import Path
+from typing import Any, ClassVar
+
+from slimembed import env, hub
+from slimembed.backends import Backend, load_backend
+from slimembed.manifest import Manifest
+
+DEFAULT_MAX_TOKENS = 8192
+# Texts tokenized and length-sorted together; larger chunks pad less but yield later.
+CHUNK_SIZE = 2048
+
+
+class Facade:
+    """A model directory opened for one task, its backend loaded."""
+
+    #: The manifest task the directory must hold (``"embed"`` or ``"rerank"``).
+    task: ClassVar[str]
+    #: What ``model_name=None`` opens; ``None`` where a model must be named.
+    default_model: ClassVar[Path | None] = None
+
+    model_name: str
+    model_dir: Path
+    manifest: Manifest
+    backend: Backend
+
+    def __init__(
+        self,
+        model_name: str | os.PathLike[str] | None = None,
+        cache_dir: str | os.PathLike[str] | None = None,
+        threads: int | None = None,
+        providers: Sequence[str] | None = None,
+        cuda: bool = False,
+        device_id: int = 0,
+        lazy_load: bool = False,
+        revision: str | None = None,
+        local_files_only: bool = False,
+        max_tokens: int = DEFAULT_MAX_TOKENS,
+        precision: str | None = None,
+    ) -> None:
+        """Open ``model_name`` and load its backend.
+
+        Args:
+            model_name: a model directory made by ``slimembed export`` or ``slimembed
+                distill``, or a Hugging Face id of a repository holding one (downloaded into
+                ``cache_dir``). ``None`` loads the class's default model where it has one
+                (``TextEmbedding``: the embedded static default, shipped inside the package,
+                offline).
+            cache_dir: where hub downloads are kept (default: ``SLIMEMBED_CACHE_DIR`` or
+                ``~/.cache/slimembed``).
+            threads: worker threads: ONNX Runtime intra-op threads, or the Rust pool of a
+                static model (default: ``SLIMEMBED_THREADS``, else all cores).
+            providers: ONNX Runtime execution providers, e.g. ``["CUDAExecutionProvider"]``.
+            cuda: use the CUDA provider; raises ProviderError where it is not available.
+            device_id: the CUDA device.
+            lazy_load: load the graph on first use instead of now.
+            revision: hub revision (branch, tag or commit) to pin.
+            local_files_only: never download; use the cache only.
+            max_tokens: padded tokens per batch at most (bounds memory for long texts).
+            precision: which graph of the directory to run (``"fp32"``, ``"int8"``,
+                ``"fp16"``); default: INT8 on CPU and FP16 on CUDA where the directory holds
+                them, else its main graph. ``self.precision`` says which one runs.
+
+        Raises ModelFileError, ManifestError or UnknownModelError naming what is missing or
+        wrong, ProviderError for providers that cannot run, ValueError for bad arguments.
+        """
+        if max_tokens < 1:
+            raise ValueError(f"max_tokens must be >= 1, got {max_tokens}")
+        if threads is not None and threads < 1:
+            raise ValueError(f"threads must be >= 1, got {threads}")
+        source = self.default_model if model_name is None else model_name
+        if source is None:
+            raise TypeError(f"{type(self).__name__} needs a model: a directory or a hub id")
+        self.model_name = "default" if model_name is None else str(model_name)
+        self.model_dir, self.manifest = hub.open_model(
+            source,
+            task=self.task,
+            cache_dir=cache_dir,
+            revision=revision,
+            local_files_only=local_files_only,
+        )
+        self.threads = env.default_threads() if threads is None else threads
+        self.max_tokens = max_tokens
+        self.backend = load_backend(
+            self.model_dir,
+            self.manifest,
+            precision=precision,
+            providers=providers,
+            cuda=cuda,
+            device_id=device_id,
+            threads=self.threads,
+            max_tokens=max_tokens,
+            lazy_load=lazy_load,
+            name=self.model_name,
+        )
+        self.precision = self.backend.precision
+
+
+def as_iterable(texts: str | Iterable[str]) -> Iterable[str]:
+    """A bare string is one text (as in fastembed); anything else must be iterable."""
+    if isinstance(texts, str):
+        return [texts]
+    if isinstance(texts, bytes) or not isinstance(texts, Iterable):
+        raise TypeError(
+            f"texts must be a string or an iterable of strings, got {type(texts).__name__}"
+        )
+    return texts
+
+
+def check_texts(chunk: list[Any], offset: int) -> None:
+    """TypeError naming the position (``offset`` + index) of the first non-string."""
+    for i, text in enumerate(chunk):
+        if not isinstance(text, str):
+            raise TypeError(
+                f"texts[{offset + i}] is {type(text).__name__}, not str; "
+                "every text must be a string"
+            )
