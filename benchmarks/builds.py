@@ -5,7 +5,7 @@
 
 ``--before`` is a folder holding another slimembed install (``pip install --target DIR
 WHEEL``); the other build is the one this interpreter imports. Each build runs in a worker
-process of its own that loads every model once; the parent asks the workers in turn (A B A B
+process of its own that loads every model once; the parent asks the workers in turn (A B B A
 ...) to embed the same texts (or score the same pairs) and reports each build's texts/s and the
 median of the per-pair ratios. Used to show that a refactor keeps speed.
 """
@@ -118,9 +118,11 @@ def main(
         )
     versions = {b: json.loads(_line(p))["version"] for b, p in procs.items()}
     times: dict[str, dict[str, list[float]]] = {b: {label: [] for label in labels} for b in procs}
-    for _ in range(reps):
+    for rep in range(reps):
         for index, label in enumerate(labels):
-            for build, proc in procs.items():
+            # A B, then B A: neither build always runs second (after the other warmed the CPU).
+            order = list(procs.items())
+            for build, proc in order if rep % 2 == 0 else order[::-1]:
                 assert proc.stdin is not None
                 proc.stdin.write(f"{index}\n")
                 proc.stdin.flush()
