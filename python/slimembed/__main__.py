@@ -1,0 +1,5 @@
+"""``python -m slimembed``: the ``slimembed`` command."""
+
+from slimembed.cli import main
+
+main()
