@@ -49,6 +49,8 @@ class ServeSettings:
 
     max_client_batch_size: int = 2048
     max_concurrent_requests: int = 512
+    #: Texts per model batch at most (the token budget is the model's ``max_tokens``).
+    batch_size: int = 32
     payload_limit: int = 2_000_000
     api_key: str | None = None
     #: The prompt OpenAI requests get unless they send ``input_type``: ``"document"`` embeds
@@ -219,6 +221,7 @@ class Server:
                 self.batchers[name] = Batcher(
                     model,
                     max_queued=settings.max_concurrent_requests,
+                    batch_size=settings.batch_size,
                     on_step=self.metrics.step(name),
                 )
             else:

@@ -13,13 +13,15 @@ because Mangum would run them around every invocation, and the batcher starts on
 
 from __future__ import annotations
 
+import asyncio
+import atexit
 import os
 from typing import Any, cast
 
 from mangum import Mangum
 from mangum.types import ASGI
 
-from slimembed.serve.app import ServeSettings, create_app
+from slimembed.serve.app import Server, ServeSettings
 from slimembed.serve.cli import load_model, served_name
 
 
@@ -28,9 +30,16 @@ def build_handler() -> Mangum:
     source = os.environ.get("SLIMEMBED_MODEL") or None
     model = load_model(source)
     settings = ServeSettings(api_key=os.environ.get("SLIMEMBED_API_KEY") or None)
-    app = create_app({served_name(source): model}, settings)
+    server = Server({served_name(source): model}, settings)
+
+    @atexit.register
+    def stop() -> None:  # the batcher's task lives on Mangum's loop between invocations
+        loop = asyncio.get_event_loop()
+        for batcher in server.batchers.values():
+            loop.run_until_complete(batcher.stop())
+
     # Starlette types its apps as returning Awaitable, Mangum asks for a Coroutine: the same.
-    return Mangum(cast(ASGI, app), lifespan="off")
+    return Mangum(cast(ASGI, server.app()), lifespan="off")
 
 
 _handler = build_handler()

@@ -75,7 +75,9 @@ class Batcher:
     """One model's queue and worker.
 
     ``embed`` is called from the event loop; ``start`` and ``stop`` bracket the worker (the
-    server's lifespan). ``on_step`` is told about every step (metrics).
+    server's lifespan). A step runs in model batches of ``batch_size`` texts at most (small
+    batches of short texts run faster on CPU than one large one: MiniLM FP32 on 2 cores, 485
+    texts/s at 32 against 354 at 256). ``on_step`` is told about every step (metrics).
     """
 
     def __init__(
@@ -84,10 +86,12 @@ class Batcher:
         *,
         max_queued: int = 512,
         max_step_texts: int = CHUNK_SIZE,
+        batch_size: int = 32,
         on_step: Callable[[Step], None] | None = None,
     ) -> None:
         self.model = model
         self.max_queued = max_queued
+        self.batch_size = batch_size
         self.max_step_texts = max_step_texts
         self.on_step = on_step
         self._queue: deque[Job] = deque()
@@ -227,6 +231,7 @@ class Batcher:
             try:
                 vectors = model.encode(
                     texts,
+                    self.batch_size,
                     prompt=key.prompt,
                     instruction=key.instruction,
                     dim=key.dim,

@@ -61,6 +61,13 @@ def served_name(source: str | None) -> str:
     help="Padded tokens per model batch at most.",
 )
 @click.option(
+    "--batch-size",
+    type=click.IntRange(min=1),
+    default=32,
+    show_default=True,
+    help="Texts per model batch at most.",
+)
+@click.option(
     "--max-client-batch-size", type=click.IntRange(min=1), default=2048, show_default=True
 )
 @click.option(
@@ -96,6 +103,7 @@ def serve(
     host: str,
     port: int,
     max_batch_tokens: int,
+    batch_size: int,
     max_client_batch_size: int,
     max_concurrent_requests: int,
     payload_limit: int,
@@ -138,6 +146,7 @@ def serve(
         except (SlimembedError, ValueError) as err:
             raise click.ClickException(f"{source or 'the default model'}: {err}") from err
     settings = ServeSettings(
+        batch_size=batch_size,
         max_client_batch_size=max_client_batch_size,
         max_concurrent_requests=max_concurrent_requests,
         payload_limit=payload_limit,
