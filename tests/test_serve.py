@@ -146,6 +146,35 @@ def test_the_openai_client_gets_textembeddings_vectors(
     )
 
 
+def test_token_id_inputs_embed_as_their_texts(server: Running, models: dict[str, Any]) -> None:
+    """OpenAI's token-id inputs: the ids ``tokenize`` gives embed as the texts do."""
+    from openai import OpenAI
+
+    client = OpenAI(base_url=server.url + "/v1", api_key="unused", max_retries=0)
+    texts = TEXTS[:6]
+    for name, exact in (("default", True), ("bert", False)):
+        model: TextEmbedding = models[name]
+        encoded = model.tokenize(texts, prompt="document")
+        rows = [encoded.row(i).tolist() for i in range(len(texts))]
+        want = model.encode(texts, prompt="document")
+        response = client.embeddings.create(model=name, input=rows, encoding_format="float")
+        got = np.array([d.embedding for d in response.data], dtype=np.float32)
+        if exact:
+            np.testing.assert_array_equal(got, want)
+        else:
+            np.testing.assert_allclose(got, want, atol=1e-6)
+        assert response.usage.prompt_tokens == sum(len(r) for r in rows)
+        one = client.embeddings.create(model=name, input=rows[0], encoding_format="float")
+        np.testing.assert_allclose(one.data[0].embedding, want[0], atol=1e-6)
+    status, _, body = call(server.url + "/v1/embeddings", {"model": "bert", "input": [[1, 10**9]]})
+    assert status == 422
+    assert "outside the vocabulary" in body["error"]["message"]
+    status, _, body = call(server.url + "/v1/embeddings", {"model": "bert", "input": [[1], "a"]})
+    assert status == 422
+    with pytest.raises(TypeError, match=r"rows\[1\]"):
+        models["bert"].encode_ids([[1, 2], "a b"])
+
+
 def test_base64_is_little_endian_float32(server: Running, models: dict[str, Any]) -> None:
     status, _, body = call(
         server.url + "/v1/embeddings",

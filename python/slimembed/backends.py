@@ -49,6 +49,11 @@ class Backend(Protocol):
         ``max_length``, default the model's)."""
         ...
 
+    def embed_ids(self, rows: list[list[int]], batch_size: int, dim: int | None) -> Vectors:
+        """Vectors of rows a caller tokenized already (ids as ``encode`` gives them), cut to
+        the model's max length; ValueError for an id outside the vocabulary."""
+        ...
+
 
 class _Tokenized:
     """What both backends share: the model's tokenizer under its manifest's rules."""
@@ -88,9 +93,19 @@ class TransformerBackend(_Tokenized):
     def embed(
         self, texts: list[str], plan: PromptPlan, batch_size: int, dim: int | None
     ) -> Vectors:
+        return self._run(self.encode(texts, plan), plan.exclude_instruction, batch_size, dim)
+
+    def embed_ids(self, rows: list[list[int]], batch_size: int, dim: int | None) -> Vectors:
+        encoded = _core.Encoded.from_ids(
+            rows, vocab_size=self.tokenizer.vocab_size, max_length=self.manifest.max_length
+        )
+        return self._run(encoded, False, batch_size, dim)
+
+    def _run(
+        self, encoded: _core.Encoded, skip_instruction: bool, batch_size: int, dim: int | None
+    ) -> Vectors:
         m = self.manifest
-        encoded = self.encode(texts, plan)
-        out = np.zeros((len(texts), dim or m.dim), dtype=np.float32)
+        out = np.zeros((len(encoded), dim or m.dim), dtype=np.float32)
         lengths = encoded.lengths()
         # A text with no tokens at all keeps the zero vector; the graph never sees seq = 0.
         nonempty = np.flatnonzero(lengths)
@@ -101,7 +116,7 @@ class TransformerBackend(_Tokenized):
                 self.runner.run(batch),
                 batch.mask,
                 m.pooling,
-                skip=batch.skip if plan.exclude_instruction else None,
+                skip=batch.skip if skip_instruction else None,
                 normalize=m.normalize,
                 dim=dim,
             )
@@ -122,6 +137,11 @@ class StaticBackend(_Tokenized):
     ) -> Vectors:
         # The table needs no batching: the Rust call takes the chunk whole.
         return self.model.embed(plan.wrap(texts), max_length=self.manifest.max_length, dim=dim)
+
+    def embed_ids(self, rows: list[list[int]], batch_size: int, dim: int | None) -> Vectors:
+        # Cut after the skipped id is dropped, as for text: the Rust call does both.
+        encoded = _core.Encoded.from_ids(rows, vocab_size=self.model.vocab_size)
+        return self.model.embed_ids(encoded, max_length=self.manifest.max_length, dim=dim)
 
 
 def load_backend(

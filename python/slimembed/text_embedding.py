@@ -10,7 +10,7 @@ Performance notes:
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Iterator, Sized
+from collections.abc import Iterable, Iterator, Sequence, Sized
 from dataclasses import replace
 from itertools import islice
 from pathlib import Path
@@ -177,6 +177,35 @@ class TextEmbedding(Facade):
         if batch_size < 1:
             raise ValueError(f"batch_size must be >= 1, got {batch_size}")
         chunks = list(self._chunks(as_iterable(texts), plan, batch_size, dim, progress))
+        if not chunks:
+            return np.zeros((0, width), dtype=np.float32)
+        return np.concatenate(chunks)
+
+    def encode_ids(
+        self,
+        rows: Iterable[Sequence[int]],
+        batch_size: int = DEFAULT_BATCH_SIZE,
+        *,
+        dim: int | None = None,
+    ) -> npt.NDArray[np.float32]:
+        """Vectors of inputs tokenized already: each row is the token ids the model reads, as
+        ``tokenize(...).row(i)`` gives them (special and prompt ids included; nothing is added),
+        cut to the max length. Raises TypeError naming a row that is not a list of integers,
+        ValueError for an id outside the vocabulary."""
+        width = self.check_dim(dim)
+        if batch_size < 1:
+            raise ValueError(f"batch_size must be >= 1, got {batch_size}")
+        checked: list[list[int]] = []
+        for i, row in enumerate(rows):
+            if isinstance(row, str | bytes) or not isinstance(row, Sequence):
+                raise TypeError(f"rows[{i}] is {type(row).__name__}, not a list of token ids")
+            if not all(isinstance(t, int) and not isinstance(t, bool) for t in row):
+                raise TypeError(f"rows[{i}] holds something other than integer token ids")
+            checked.append(list(row))
+        chunks = [
+            self.backend.embed_ids(checked[start : start + CHUNK_SIZE], batch_size, dim)
+            for start in range(0, len(checked), CHUNK_SIZE)
+        ]
         if not chunks:
             return np.zeros((0, width), dtype=np.float32)
         return np.concatenate(chunks)

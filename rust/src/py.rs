@@ -145,6 +145,31 @@ impl PyEncoded {
         self.inner.len()
     }
 
+    /// Rows a caller tokenized already; see `Encoded::from_ids`.
+    #[staticmethod]
+    #[pyo3(signature = (rows, *, vocab_size, max_length=None))]
+    fn from_ids(
+        rows: Vec<Vec<i64>>,
+        vocab_size: usize,
+        max_length: Option<usize>,
+    ) -> PyResult<PyEncoded> {
+        let rows = rows
+            .into_iter()
+            .enumerate()
+            .map(|(i, row)| {
+                row.into_iter()
+                    .map(|id| {
+                        u32::try_from(id).map_err(|_| {
+                            PyValueError::new_err(format!("input {i} holds token id {id}"))
+                        })
+                    })
+                    .collect::<PyResult<Vec<u32>>>()
+            })
+            .collect::<PyResult<Vec<_>>>()?;
+        let inner = Encoded::from_ids(rows, vocab_size, max_length)?;
+        Ok(PyEncoded { inner })
+    }
+
     fn lengths<'py>(&self, py: Python<'py>) -> Bound<'py, PyArray1<i64>> {
         let lengths: Vec<i64> = self.inner.lengths().iter().map(|&n| n as i64).collect();
         lengths.into_pyarray(py)
@@ -268,19 +293,55 @@ impl PyStaticModel {
         max_length: Option<usize>,
         dim: Option<usize>,
     ) -> PyResult<Bound<'py, PyArray2<f32>>> {
-        let opts = StaticOptions {
+        let opts = self.options(max_length, dim);
+        let tokenizer = &self.tokenizer.get().inner;
+        self.run(py, &opts, || {
+            static_embed::embed(tokenizer, &self.table, &texts, &opts)
+        })
+    }
+
+    /// Rows of token ids (`Encoded.from_ids`) instead of texts.
+    #[pyo3(signature = (encoded, *, max_length=None, dim=None))]
+    fn embed_ids<'py>(
+        &self,
+        py: Python<'py>,
+        encoded: &Bound<'py, PyEncoded>,
+        max_length: Option<usize>,
+        dim: Option<usize>,
+    ) -> PyResult<Bound<'py, PyArray2<f32>>> {
+        let opts = self.options(max_length, dim);
+        let rows = encoded.get().inner.rows();
+        self.run(py, &opts, || {
+            static_embed::embed_ids(&self.table, rows, &opts)
+        })
+    }
+}
+
+impl PyStaticModel {
+    fn options(&self, max_length: Option<usize>, dim: Option<usize>) -> StaticOptions {
+        StaticOptions {
             add_special_tokens: self.add_special_tokens,
             skip_id: self.skip_id,
             max_length,
             normalize: self.normalize,
             dim,
             parallel: self.threads != Some(1) && use_pool(),
-        };
-        let tokenizer = &self.tokenizer.get().inner;
-        let run = || static_embed::embed(tokenizer, &self.table, &texts, &opts);
+        }
+    }
+
+    /// `work` with the GIL released, on the model's own pool when it has one.
+    fn run<'py, F>(
+        &self,
+        py: Python<'py>,
+        opts: &StaticOptions,
+        work: F,
+    ) -> PyResult<Bound<'py, PyArray2<f32>>>
+    where
+        F: FnOnce() -> crate::error::Result<ndarray::Array2<f32>> + Send,
+    {
         let out = py.detach(|| match &self.pool {
-            Some(pool) if opts.parallel => pool.install(run),
-            _ => run(),
+            Some(pool) if opts.parallel => pool.install(work),
+            _ => work(),
         })?;
         Ok(out.into_pyarray(py))
     }

@@ -225,6 +225,34 @@ pub fn embed(
     texts: &[String],
     opts: &StaticOptions,
 ) -> Result<Array2<f32>> {
+    embed_with(table, texts.len(), opts, |i, ids| {
+        tokenizer.ids_into(i, &texts[i], opts.add_special_tokens, ids)
+    })
+}
+
+/// Embed rows of token ids a caller tokenized already (the same skip and truncation as text).
+pub fn embed_ids(
+    table: &StaticTable,
+    rows: &[Vec<u32>],
+    opts: &StaticOptions,
+) -> Result<Array2<f32>> {
+    embed_with(table, rows.len(), opts, |i, ids| {
+        ids.extend_from_slice(&rows[i]);
+        Ok(())
+    })
+}
+
+/// `n` rows, row `i`'s ids appended to an empty buffer by `fill(i, ids)`, then skipped,
+/// truncated, averaged and normalized.
+fn embed_with<F>(
+    table: &StaticTable,
+    n: usize,
+    opts: &StaticOptions,
+    fill: F,
+) -> Result<Array2<f32>>
+where
+    F: Fn(usize, &mut Vec<u32>) -> Result<()> + Sync,
+{
     let width = match opts.dim {
         None => table.dim,
         Some(d) if (1..=table.dim).contains(&d) => d,
@@ -235,12 +263,10 @@ pub fn embed(
             )))
         }
     };
-    let mut out = Array2::<f32>::zeros((texts.len(), width));
-    let one = |ids: &mut Vec<u32>,
-               (i, (text, row)): (usize, (&String, ArrayViewMut1<f32>))|
-     -> Result<()> {
+    let mut out = Array2::<f32>::zeros((n, width));
+    let one = |ids: &mut Vec<u32>, (i, row): (usize, ArrayViewMut1<f32>)| -> Result<()> {
         ids.clear();
-        tokenizer.ids_into(i, text, opts.add_special_tokens, ids)?;
+        fill(i, ids)?;
         if let Some(skip) = opts.skip_id {
             ids.retain(|&id| id != skip);
         }
@@ -256,16 +282,12 @@ pub fn embed(
     };
     let rows: Vec<ArrayViewMut1<f32>> = out.rows_mut().into_iter().collect();
     if opts.parallel {
-        texts
-            .par_iter()
-            .zip(rows)
+        rows.into_par_iter()
             .enumerate()
             .try_for_each_init(Vec::new, one)?;
     } else {
         let mut ids = Vec::new();
-        texts
-            .iter()
-            .zip(rows)
+        rows.into_iter()
             .enumerate()
             .try_for_each(|item| one(&mut ids, item))?;
     }

@@ -388,6 +388,31 @@ pub struct Padded {
 }
 
 impl Encoded {
+    /// Rows a caller tokenized already (token ids as the model reads them), each cut to
+    /// `max_length` ids when given; every id must be below `vocab_size`.
+    pub fn from_ids(
+        rows: Vec<Vec<u32>>,
+        vocab_size: usize,
+        max_length: Option<usize>,
+    ) -> Result<Encoded> {
+        let mut ids = rows;
+        for (i, row) in ids.iter_mut().enumerate() {
+            if let Some(&bad) = row.iter().find(|&&id| id as usize >= vocab_size) {
+                return Err(Error::InvalidArgument(format!(
+                    "input {i} holds token id {bad}, outside the vocabulary of {vocab_size}"
+                )));
+            }
+            row.truncate(max_length.unwrap_or(usize::MAX));
+        }
+        let skip = vec![0; ids.len()];
+        Ok(Encoded { ids, skip })
+    }
+
+    /// The token ids of every row.
+    pub fn rows(&self) -> &[Vec<u32>] {
+        &self.ids
+    }
+
     pub fn len(&self) -> usize {
         self.ids.len()
     }
@@ -647,6 +672,18 @@ mod tests {
         assert!(contexts
             .rerank_rows(&tok.encode(&[], None, &opts).unwrap(), 1, None, 0)
             .is_err());
+    }
+
+    #[test]
+    fn rows_from_ids_are_checked_and_cut() {
+        let rows = Encoded::from_ids(vec![vec![1, 2, 3], vec![4]], 10, Some(2)).unwrap();
+        assert_eq!(rows.row(0).unwrap(), &[1, 2]);
+        assert_eq!(rows.row(1).unwrap(), &[4]);
+        let err = Encoded::from_ids(vec![vec![1], vec![10]], 10, None).unwrap_err();
+        assert!(
+            err.to_string().contains("input 1 holds token id 10"),
+            "{err}"
+        );
     }
 
     #[test]

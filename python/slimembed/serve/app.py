@@ -302,11 +302,26 @@ class Server:
         for i, text in enumerate(texts):
             if not isinstance(text, str):
                 raise ApiError(
-                    422,
-                    f"`{field}[{i}]` is {type(text).__name__}: every input must be a string"
-                    + (" (token-id inputs are not supported)" if isinstance(text, int) else ""),
+                    422, f"`{field}[{i}]` is {type(text).__name__}: every input must be a string"
                 )
         return texts
+
+    def _token_rows(self, value: Any) -> list[list[int]] | None:
+        """OpenAI's token-id inputs (one list of ints, or a list of them) as rows; ``None``
+        when ``value`` is text."""
+        if not isinstance(value, list) or not value or isinstance(value[0], str):
+            return None
+        rows = [value] if _is_ids(value[0]) else value
+        if len(rows) > self.settings.max_client_batch_size:
+            self._texts(rows, "input")  # the same 413
+        for i, row in enumerate(rows):
+            if not (isinstance(row, list) and row and all(_is_ids(t) for t in row)):
+                raise ApiError(
+                    422,
+                    f"`input[{i}]` must be a string or a non-empty list of token ids, and every "
+                    "input of one request the same kind",
+                )
+        return rows
 
     def _model(self, name: Any, kind: type) -> tuple[str, Any]:
         if name is None:
@@ -334,10 +349,20 @@ class Server:
             raise ApiError(422, f"`dimensions`: {err}") from err
 
     async def _embed(
-        self, name: str, texts: list[str], prompt: str | None, dim: int | None, truncate: bool
+        self,
+        name: str,
+        texts: list[str] | None,
+        prompt: str | None,
+        dim: int | None,
+        truncate: bool,
+        rows: list[list[int]] | None = None,
     ) -> tuple[np.ndarray, int]:
+        batcher = self.batchers[name]
         try:
-            return await self.batchers[name].embed(texts, prompt=prompt, dim=dim, truncate=truncate)
+            if rows is not None:
+                return await batcher.embed_ids(rows, dim=dim, truncate=truncate)
+            assert texts is not None
+            return await batcher.embed(texts, prompt=prompt, dim=dim, truncate=truncate)
         except QueueFull as err:
             raise ApiError(429, f"the server is busy: {err}; retry later", "Overloaded") from err
         except TooLong as err:
@@ -351,14 +376,16 @@ class Server:
         if "input" not in body:
             raise ApiError(422, "`input` is required")
         name, model = self._model(body.get("model"), TextEmbedding)
-        texts = self._texts(body["input"], "input")
+        ids = self._token_rows(body["input"])
+        texts = None if ids is not None else self._texts(body["input"], "input")
         fmt = body.get("encoding_format") or "float"
         if fmt not in ("float", "base64"):
             raise ApiError(422, f"`encoding_format` must be 'float' or 'base64', got {fmt!r}")
         prompt = body.get("input_type", self.settings.default_prompt)
         if prompt not in PROMPTS:
             raise ApiError(422, f"`input_type` must be 'query' or 'document', got {prompt!r}")
-        vectors, tokens = await self._embed(name, texts, prompt, self._dim(body, model), True)
+        dim = self._dim(body, model)
+        vectors, tokens = await self._embed(name, texts, prompt, dim, True, ids)
         if fmt == "base64":
             rows: Any = [base64.b64encode(v.astype("<f4").tobytes()).decode() for v in vectors]
         else:
@@ -459,6 +486,10 @@ class Server:
 
     async def prometheus(self, request: Request) -> Response:
         return Response(generate_latest(self.metrics.registry), media_type=CONTENT_TYPE_LATEST)
+
+
+def _is_ids(value: Any) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool)
 
 
 async def _unless_gone(request: Request, work: Awaitable[Any]) -> Any:

@@ -25,6 +25,7 @@ from collections import deque
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
+from typing import Any
 
 import numpy as np
 import numpy.typing as npt
@@ -50,11 +51,13 @@ class Key:
     prompt: str | None
     instruction: str | None
     dim: int | None
+    #: The inputs are token-id rows (``TextEmbedding.encode_ids``), not texts.
+    ids: bool = False
 
 
 @dataclass
 class Job:
-    texts: list[str]
+    texts: list[Any]  # strings, or token-id rows when key.ids
     key: Key
     truncate: bool
     future: asyncio.Future[tuple[Vectors, int]]
@@ -134,19 +137,23 @@ class Batcher:
         """``(len(texts), width)`` vectors, equal to ``model.encode``'s for the same texts and
         arguments, and the number of tokens the model saw. Raises QueueFull, TooLong, and the
         ValueError / TypeError ``encode`` raises for bad arguments."""
+        self.model.plan(prompt, instruction)  # bad prompt arguments fail here, not in a step
+        return await self._submit(texts, Key(prompt, instruction, dim), truncate)
+
+    async def embed_ids(
+        self, rows: list[list[int]], *, dim: int | None = None, truncate: bool = True
+    ) -> tuple[Vectors, int]:
+        """As ``embed`` for rows of token ids (``TextEmbedding.encode_ids``)."""
+        return await self._submit(rows, Key(None, None, dim, ids=True), truncate)
+
+    async def _submit(self, inputs: list[Any], key: Key, truncate: bool) -> tuple[Vectors, int]:
         if self._wake is None:  # no lifespan (an AWS Lambda adapter): start on first use
             self.start()
         assert self._wake is not None
-        self.model.plan(prompt, instruction)  # bad prompt arguments fail here, not in a step
-        self.model.check_dim(dim)
+        self.model.check_dim(key.dim)
         if self.depth >= self.max_queued:
             raise QueueFull(f"{self.depth} requests are waiting for this model")
-        job = Job(
-            texts,
-            Key(prompt, instruction, dim),
-            truncate,
-            asyncio.get_running_loop().create_future(),
-        )
+        job = Job(inputs, key, truncate, asyncio.get_running_loop().create_future())
         self._queue.append(job)
         self._wake.set()
         try:
@@ -217,7 +224,10 @@ class Batcher:
         for i, job in enumerate(jobs):
             # One token past the limit tells a text that would be cut from one that fits.
             probe = limit + 1 if limit is not None and not job.truncate else None
-            lengths = model.backend.encode(job.texts, plan, probe).lengths()
+            if key.ids:
+                lengths = np.array([min(len(r), probe or limit or len(r)) for r in job.texts])
+            else:
+                lengths = model.backend.encode(job.texts, plan, probe).lengths()
             if probe is not None and (long := np.flatnonzero(lengths >= probe)).size:
                 results[i] = TooLong(
                     f"inputs[{int(long[0])}] is longer than the model's max length of {limit} "
@@ -229,13 +239,16 @@ class Batcher:
         texts = [text for i in good for text in jobs[i].texts]
         if texts:
             try:
-                vectors = model.encode(
-                    texts,
-                    self.batch_size,
-                    prompt=key.prompt,
-                    instruction=key.instruction,
-                    dim=key.dim,
-                )
+                if key.ids:
+                    vectors = model.encode_ids(texts, self.batch_size, dim=key.dim)
+                else:
+                    vectors = model.encode(
+                        texts,
+                        self.batch_size,
+                        prompt=key.prompt,
+                        instruction=key.instruction,
+                        dim=key.dim,
+                    )
             except Exception as err:  # noqa: BLE001 - reported to each request
                 for i in good:
                     results[i] = err
