@@ -19,8 +19,8 @@ import numpy.typing as npt
 
 from slimembed import _core
 from slimembed.batching import plan_batches
-from slimembed.errors import ModelFileError, ProviderError
-from slimembed.manifest import Manifest, PromptPlan
+from slimembed.errors import ManifestError, ModelFileError, ProviderError
+from slimembed.manifest import MANIFEST_FILE, Manifest, PromptPlan, model_file
 from slimembed.runner import GraphRunner
 from slimembed.session import choose_precision
 
@@ -164,7 +164,9 @@ def load_backend(
     static model cannot use, ValueError for a precision the directory lacks.
     """
     name = name or str(model_dir)
-    tokenizer = load_native(_core.Tokenizer, model_dir / manifest.tokenizer_file)
+    tokenizer_path = model_file(model_dir, manifest.tokenizer_file, "tokenizer_file")
+    tokenizer = load_native(_core.Tokenizer, tokenizer_path)
+    _check_id(manifest.pad_id, "pad_id", tokenizer.vocab_size, model_dir)
     if manifest.kind == "static":
         if precision not in (None, manifest.precision):
             raise ValueError(
@@ -186,8 +188,10 @@ def load_backend(
                 normalize=manifest.normalize,
                 threads=threads,
             ),
-            model_dir / manifest.table_file,
+            model_file(model_dir, manifest.table_file, "table_file"),
         )
+        if manifest.skip_id is not None:
+            _check_id(manifest.skip_id, "skip_id", table.vocab_size, model_dir)
         return StaticBackend(table, tokenizer, manifest)
     chosen, graph_file = choose_precision(manifest, precision, providers, cuda)
     runner = GraphRunner(
@@ -202,6 +206,15 @@ def load_backend(
     if not lazy_load:
         runner.load()
     return TransformerBackend(runner, tokenizer, chosen, max_tokens)
+
+
+def _check_id(token_id: int, field_name: str, vocab_size: int, model_dir: Path) -> None:
+    """A manifest's token id must be one the model has (else ONNX Runtime fails at run time)."""
+    if token_id >= vocab_size:
+        raise ManifestError(
+            f"{model_dir / MANIFEST_FILE}: {field_name} {token_id} is outside the vocabulary of "
+            f"{vocab_size}"
+        )
 
 
 def load_native(load: Callable[[Path], T], path: Path) -> T:

@@ -21,7 +21,7 @@ import numpy.typing as npt
 
 from slimembed import _core, tables
 from slimembed.backends import TransformerBackend
-from slimembed.manifest import Manifest
+from slimembed.manifest import Manifest, model_file
 from slimembed.runner import Batch
 from slimembed.static_model import unknown_token_id, write_static_model
 from slimembed.text_embedding import TextEmbedding
@@ -129,7 +129,7 @@ def distill(
         raise ValueError(f"{model_dir} is a {source.kind} model; distill needs a transformer")
     if not 0 < dims <= source.dim:
         raise ValueError(f"dims must be between 1 and {source.dim}, got {dims}")
-    tokenizer_file = Path(model.model_dir) / source.tokenizer_file
+    tokenizer_file = model_file(Path(model.model_dir), source.tokenizer_file, "tokenizer_file")
     token_ids = distilled_ids(tokenizer_file)
     vectors = token_vectors(model, token_ids, batch_size=batch_size, progress=progress)
     reduced, kept = pca(vectors, dims)

@@ -143,6 +143,7 @@ class Manifest:
     variants: dict[str, GraphVariant] = field(default_factory=dict)
 
     def __post_init__(self) -> None:
+        self._check_types()
         _check(
             set(self.variants) <= set(PRECISIONS) and self.precision not in self.variants,
             "variants",
@@ -155,12 +156,19 @@ class Manifest:
             self.padding_side in PADDING_SIDES, "padding_side", self.padding_side, "left or right"
         )
         _check(self.precision in PRECISIONS, "precision", self.precision, f"one of {PRECISIONS}")
-        _check(self.dim > 0, "dim", self.dim, "a positive integer")
+        _check(0 < self.dim <= MAX_DIM, "dim", self.dim, f"an integer from 1 to {MAX_DIM}")
         _check(
-            self.max_length is None or self.max_length > 0,
+            self.max_length is None or 0 < self.max_length <= MAX_LENGTH,
             "max_length",
             self.max_length,
-            "a positive integer or null",
+            f"an integer from 1 to {MAX_LENGTH}, or null",
+        )
+        _check(0 <= self.pad_id <= MAX_ID, "pad_id", self.pad_id, f"a token id (0 to {MAX_ID})")
+        _check(
+            self.skip_id is None or 0 <= self.skip_id <= MAX_ID,
+            "skip_id",
+            self.skip_id,
+            f"a token id (0 to {MAX_ID}) or null",
         )
         _check(self.task in TASKS, "task", self.task, f"one of {TASKS}")
         if self.task == "rerank":
@@ -211,6 +219,49 @@ class Manifest:
             _check(self.table_file is not None, "table_file", self.table_file, "a file name")
             _check(self.pooling == "mean", "pooling", self.pooling, "mean for a static model")
 
+    def _check_types(self) -> None:
+        """Every field of its declared JSON type (``true`` is no integer, ``1.5`` no id), and
+        every file name relative and inside the model directory."""
+        for name, kinds in _FIELD_TYPES.items():
+            value = getattr(self, name)
+            _check(_is(value, kinds), name, value, _describe(kinds))
+        for name in ("graph_inputs", "matryoshka_dims"):
+            value = getattr(self, name)
+            item = str if name == "graph_inputs" else int
+            ok = isinstance(value, tuple) and all(_is(v, (item,)) for v in value)
+            _check(ok, name, value, f"a list of {_describe((item,))}s")
+        for name in ("query", "document"):
+            prompt = getattr(self, name)
+            _check(isinstance(prompt, Prompt), name, prompt, "a prompt object")
+            for key, kinds in _PROMPT_TYPES.items():
+                value = getattr(prompt, key)
+                _check(_is(value, kinds), f"{name}.{key}", value, _describe(kinds))
+            for key in ("prefix_ids", "suffix_ids"):
+                ids = getattr(prompt, key)
+                ok = isinstance(ids, tuple) and all(
+                    _is(i, (int,)) and 0 <= i <= MAX_ID for i in ids
+                )
+                _check(ok, f"{name}.{key}", ids, "a list of token ids")
+        for key, variant in self.variants.items():
+            _check(
+                isinstance(variant, GraphVariant) and _is(variant.graph_file, (str,)),
+                f"variants.{key}",
+                variant,
+                "a graph variant with a graph_file",
+            )
+        for name, value in self.files().items():
+            _check(_safe_name(value), name, value, "a relative path inside the model directory")
+
+    def files(self) -> dict[str, str]:
+        """Every file this manifest names (field -> relative path)."""
+        named = {
+            "graph_file": self.graph_file,
+            "tokenizer_file": self.tokenizer_file,
+            "table_file": self.table_file,
+            **{f"variants.{k}.graph_file": v.graph_file for k, v in self.variants.items()},
+        }
+        return {k: v for k, v in named.items() if isinstance(v, str)}
+
     def to_dict(self) -> dict[str, Any]:
         body = asdict(self)
         return {"format": FORMAT, "version": VERSION, **body}
@@ -242,16 +293,21 @@ class Manifest:
         try:
             for name in ("query", "document"):
                 if name in body:
+                    if not isinstance(body[name], dict):
+                        raise ValueError(f"{name} is {body[name]!r}; expected a prompt object")
                     prompt = dict(body[name])
                     for ids in ("prefix_ids", "suffix_ids"):
-                        prompt[ids] = tuple(int(i) for i in prompt.get(ids, ()))
+                        if isinstance(prompt.get(ids), list):
+                            prompt[ids] = tuple(prompt[ids])
                     body[name] = Prompt(**prompt)
             if "variants" in body:
-                body["variants"] = {
-                    str(k): GraphVariant(**v) for k, v in dict(body["variants"]).items()
-                }
+                if not isinstance(body["variants"], dict) or not all(
+                    isinstance(v, dict) for v in body["variants"].values()
+                ):
+                    raise ValueError(f"variants is {body['variants']!r}; expected an object")
+                body["variants"] = {str(k): GraphVariant(**v) for k, v in body["variants"].items()}
             for name in ("graph_inputs", "matryoshka_dims"):
-                if name in body:
+                if isinstance(body.get(name), list):
                     body[name] = tuple(body[name])
             return cls(**body)
         except (TypeError, ValueError) as err:
@@ -277,3 +333,72 @@ class Manifest:
 def _check(ok: bool, name: str, value: object, expected: str) -> None:
     if not ok:
         raise ValueError(f"{name} is {value!r}; expected {expected}")
+
+
+# Bounds past which a value is a broken manifest, not a model: 2^20 dimensions or positions,
+# token ids below 2^31 (ONNX Runtime's int64 ids must index an embedding table).
+MAX_DIM = 1 << 20
+MAX_LENGTH = 1 << 20
+MAX_ID = (1 << 31) - 1
+_NONE = type(None)
+_FIELD_TYPES: dict[str, tuple[type, ...]] = {
+    "dim": (int,),
+    "pooling": (str,),
+    "normalize": (bool,),
+    "max_length": (int, _NONE),
+    "padding_side": (str,),
+    "pad_id": (int,),
+    "kind": (str,),
+    "graph_file": (str, _NONE),
+    "graph_output": (str,),
+    "precision": (str,),
+    "tokenizer_file": (str,),
+    "add_special_tokens": (bool,),
+    "table_file": (str, _NONE),
+    "skip_id": (int, _NONE),
+    "task": (str,),
+    "rerank_template": (str, _NONE),
+    "source": (dict,),
+    "parity": (dict,),
+    "variants": (dict,),
+}
+_PROMPT_TYPES: dict[str, tuple[type, ...]] = {
+    "template": (str,),
+    "instruction": (str, _NONE),
+    "exclude_instruction": (bool,),
+}
+
+
+def _is(value: object, kinds: tuple[type, ...]) -> bool:
+    """``isinstance`` where a bool is no integer (JSON ``true`` is not 1)."""
+    if isinstance(value, bool):
+        return bool in kinds
+    return isinstance(value, kinds)
+
+
+def _describe(kinds: tuple[type, ...]) -> str:
+    words = {int: "an integer", str: "a string", bool: "true or false", dict: "an object"}
+    return " or ".join(words.get(k, "null") for k in kinds)
+
+
+def _safe_name(name: str) -> bool:
+    """A relative path that stays inside the directory it is read from."""
+    path = Path(name)
+    return bool(name) and not path.is_absolute() and ".." not in path.parts and "\\" not in name
+
+
+def model_file(model_dir: Path, name: str, field_name: str = "file") -> Path:
+    """``model_dir / name``, refused with ManifestError unless it resolves inside
+    ``model_dir``; in a Hugging Face cache snapshot (``models--org--name/snapshots/REV``), a
+    symlink into that repository's ``blobs/`` is the one allowed way out."""
+    path = model_dir / name
+    real = path.resolve()
+    roots = [model_dir.resolve()]
+    if model_dir.parent.name == "snapshots":
+        roots.append((model_dir.parent.parent / "blobs").resolve())
+    if not _safe_name(name) or not any(real.is_relative_to(root) for root in roots):
+        raise ManifestError(
+            f"{model_dir / MANIFEST_FILE}: {field_name} {name!r} points outside the model "
+            "directory; a manifest may only name files inside it"
+        )
+    return path

@@ -18,7 +18,7 @@ import onnxruntime as ort
 
 from slimembed import _core, env
 from slimembed.errors import ModelFileError, ProviderError
-from slimembed.manifest import PAST, Manifest
+from slimembed.manifest import PAST, Manifest, model_file
 
 # ONNX tensor types a KV cache's inputs may have, as ONNX Runtime names them.
 PAST_DTYPES = {"tensor(float)": np.float32, "tensor(float16)": np.float16}
@@ -104,7 +104,7 @@ def create_session(
     graph_file = graph_file or manifest.graph_file
     if graph_file is None:
         raise ModelFileError(f"{model_dir}: the manifest names no graph file")
-    path = model_dir / graph_file
+    path = model_file(model_dir, graph_file, "graph_file")
     if not path.is_file():
         raise ModelFileError(f"{path} not found: the manifest names it as the model graph")
     chosen = choose_providers(providers, cuda, device_id)
