@@ -173,3 +173,29 @@ def test_static_manifest_rules_and_bad_tables(
     with pytest.raises(ExportError, match="precision 'int4'"):
         export_model(str(tiny_source("bert")), tmp_path / "x", ExportOptions(precision=("int4",)))
     assert json.loads((tmp_path / "m" / "slimembed.json").read_text())["kind"] == "static"
+
+
+def test_inconsistent_or_non_finite_tables_are_refused_at_load(
+    tmp_path: Path, variant: Callable[..., Path]
+) -> None:
+    """A manifest that misdescribes its table, or a table of NaN/inf values, fails at load
+    naming the file: never a model that reports one size and returns another, or NaN vectors."""
+    from slimembed import tables
+    from slimembed.text_embedding import DEFAULT_MODEL_DIR
+
+    default = Manifest.load(DEFAULT_MODEL_DIR)
+    with pytest.raises(ManifestError, match=r"dim is 1000000 but the table"):
+        TextEmbedding(variant(DEFAULT_MODEL_DIR, dim=1_000_000))
+    with pytest.raises(ManifestError, match=r"precision is 'fp32' but the table .* 'int8'"):
+        TextEmbedding(variant(DEFAULT_MODEL_DIR, precision="fp32"))
+    original = tables.load(DEFAULT_MODEL_DIR / default.table_file)
+    for name, change in (
+        ("embeddings", lambda t: {"embeddings": np.full((8, 4), np.nan, np.float32)}),
+        ("scales", lambda t: {**t, "scales": np.full_like(t["scales"], 3e38)}),
+    ):
+        model = variant(DEFAULT_MODEL_DIR, precision="fp32" if name == "embeddings" else "int8")
+        if name == "embeddings":
+            Manifest.load(model).with_changes(dim=4).save(model)
+        tables.save(change(original), model / default.table_file)
+        with pytest.raises(ModelFileError, match="NaN or infinite"):
+            TextEmbedding(model)

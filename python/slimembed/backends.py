@@ -190,6 +190,15 @@ def load_backend(
             ),
             model_file(model_dir, manifest.table_file, "table_file"),
         )
+        for field_name, stated, stored in (
+            ("dim", manifest.dim, table.dim),
+            ("precision", manifest.precision, table.precision),
+        ):
+            if stated != stored:
+                raise ManifestError(
+                    f"{model_dir / MANIFEST_FILE}: {field_name} is {stated!r} but the table "
+                    f"{manifest.table_file} holds {stored!r}"
+                )
         if manifest.skip_id is not None:
             _check_id(manifest.skip_id, "skip_id", table.vocab_size, model_dir)
         return StaticBackend(table, tokenizer, manifest)

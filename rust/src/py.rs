@@ -285,6 +285,11 @@ impl PyStaticModel {
         self.table.vocab_size()
     }
 
+    #[getter]
+    fn precision(&self) -> &'static str {
+        self.table.precision()
+    }
+
     #[pyo3(signature = (texts, *, max_length=None, dim=None))]
     fn embed<'py>(
         &self,

@@ -109,6 +109,22 @@ impl StaticTable {
         let vocab = mapping.as_ref().map_or(rows, Vec::len);
         let weights = optional(&tensors, "weights", Dtype::F32, vocab)?
             .map(|w| le_values(&w, f32::from_le_bytes));
+        // Non-finite values would come back as NaN vectors: refuse them at load.
+        let finite = match &values {
+            Values::F32(v) => v.iter().all(|x| x.is_finite()),
+            Values::F16(v) => v.iter().all(|x| x.is_finite()),
+            // A row's values are at most 127 times its scale.
+            Values::I8 { scales, .. } => scales.iter().all(|s| (s * 127.0).is_finite()),
+        };
+        if !finite {
+            return Err("embeddings (or their int8 scales) hold NaN or infinite values".into());
+        }
+        if weights
+            .as_ref()
+            .is_some_and(|w| !w.iter().all(|x| x.is_finite()))
+        {
+            return Err("weights hold NaN or infinite values".into());
+        }
         Ok(Self {
             rows,
             dim,
@@ -120,6 +136,15 @@ impl StaticTable {
 
     pub fn dim(&self) -> usize {
         self.dim
+    }
+
+    /// The stored precision: "fp32", "fp16" or "int8".
+    pub fn precision(&self) -> &'static str {
+        match self.values {
+            Values::F32(_) => "fp32",
+            Values::F16(_) => "fp16",
+            Values::I8 { .. } => "int8",
+        }
     }
 
     /// Number of token ids the table can embed.
