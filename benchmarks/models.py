@@ -19,6 +19,7 @@ from __future__ import annotations
 import hashlib
 import importlib.util
 import json
+import os
 import shutil
 from dataclasses import dataclass, field, replace
 from pathlib import Path
@@ -219,11 +220,17 @@ def minilm(cache: Path, precisions: tuple[str, ...] = ("fp32", "int8")) -> Model
 
 
 def _static_variant(model_dir: Path, out: Path, max_length: int | None) -> Path:
-    """``model_dir`` with its manifest's max_length set (files linked, not copied)."""
+    """``model_dir`` with its manifest's max_length set. Its files are hard links (copies
+    across file systems): a slimembed manifest may not name a symlink out of its directory."""
     out.mkdir(parents=True, exist_ok=True)
     for f in model_dir.iterdir():
         if f.is_file() and f.name != MANIFEST_FILE:
-            _link(f, out / f.name)
+            target = out / f.name
+            target.unlink(missing_ok=True)
+            try:
+                os.link(f.resolve(), target)
+            except OSError:
+                shutil.copy(f, target)
     _manifest(model_dir).with_changes(max_length=max_length).save(out)
     return out
 
