@@ -83,10 +83,9 @@ def open_model(
 def manifest_files(manifest: Manifest) -> list[str]:
     """What to download of a model repository: the manifest, every graph (each precision) with
     its external data (``model.onnx.data`` and the like), the table and the tokenizer."""
-    graphs = [manifest.graph_file, *(v.graph_file for v in manifest.variants.values())]
-    named = (*graphs, manifest.table_file, manifest.tokenizer_file)
-    files = [MANIFEST_FILE, *(f for f in named if f)]
-    return files + [f"{graph}*" for graph in graphs if graph]
+    named = manifest.files()
+    graphs = [name for field, name in named.items() if field.endswith("graph_file")]
+    return [MANIFEST_FILE, *named.values(), *(f"{graph}*" for graph in graphs)]
 
 
 def export_dir(name: str, cache_dir: str | os.PathLike[str] | None = None) -> Path:

@@ -293,12 +293,7 @@ class Server:
             raise ApiError(422, f"`{field}` must be a string or a list of strings")
         if not texts:
             raise ApiError(400, f"`{field}` cannot be empty", "Empty")
-        if len(texts) > self.settings.max_client_batch_size:
-            raise ApiError(
-                413,
-                f"{len(texts)} inputs are more than the maximum of "
-                f"{self.settings.max_client_batch_size} per request",
-            )
+        self._check_count(len(texts))
         for i, text in enumerate(texts):
             if not isinstance(text, str):
                 raise ApiError(
@@ -306,14 +301,19 @@ class Server:
                 )
         return texts
 
+    def _check_count(self, count: int) -> None:
+        """413 for more inputs than ``max_client_batch_size``."""
+        limit = self.settings.max_client_batch_size
+        if count > limit:
+            raise ApiError(413, f"{count} inputs are more than the maximum of {limit} per request")
+
     def _token_rows(self, value: Any) -> list[list[int]] | None:
         """OpenAI's token-id inputs (one list of ints, or a list of them) as rows; ``None``
         when ``value`` is text."""
         if not isinstance(value, list) or not value or isinstance(value[0], str):
             return None
         rows = [value] if _is_ids(value[0]) else value
-        if len(rows) > self.settings.max_client_batch_size:
-            self._texts(rows, "input")  # the same 413
+        self._check_count(len(rows))
         for i, row in enumerate(rows):
             if not (isinstance(row, list) and row and all(_is_ids(t) for t in row)):
                 raise ApiError(

@@ -224,8 +224,11 @@ class Batcher:
         for i, job in enumerate(jobs):
             # One token past the limit tells a text that would be cut from one that fits.
             probe = limit + 1 if limit is not None and not job.truncate else None
-            if key.ids:
-                lengths = np.array([min(len(r), probe or limit or len(r)) for r in job.texts])
+            if key.ids:  # encode_ids cuts rows at the limit (the probe, to tell a cut row)
+                lengths = np.array([len(row) for row in job.texts])
+                cap = probe or limit
+                if cap is not None:
+                    lengths = np.minimum(lengths, cap)
             else:
                 lengths = model.backend.encode(job.texts, plan, probe).lengths()
             if probe is not None and (long := np.flatnonzero(lengths >= probe)).size:
