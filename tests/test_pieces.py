@@ -129,3 +129,47 @@ def test_piece_cache_can_be_switched_off() -> None:
     a = plain.encode(texts, add_special_tokens=False)
     b = cached.encode(texts, add_special_tokens=False)
     assert all(a.row(i).tolist() == b.row(i).tolist() for i in range(len(texts)))
+
+
+@pytest.fixture(scope="module")
+def long_texts() -> list[str]:
+    """Long texts cut from shared/data at many offsets and lengths around the lengths at which
+    slimembed tokenizes only a head of a text (4096 bytes, then 8 per kept token), and texts
+    whose head yields too few tokens (whitespace runs, one long word, no spaces)."""
+    big = " ".join(all_texts())
+    lengths = [4095, 4097, 4103, 4500, 8191, 8193, 8300, 12000, 40000]
+    cut = [big[start : start + n] for n in lengths for start in range(0, 300_000, 43_210)]
+    return [
+        *cut,
+        big[:300_000],
+        " " * 9000 + big[:20000],
+        "\n \t" * 3000 + big[:20000],
+        "x" * 10_000 + " " + big[:5000],
+        "y" * 50_000,
+        "\u4e2d\u6587\u65e5\u672c\u8a9e" * 4000,
+        "e\u0301" * 3000 + " " + big[:9000],
+        ("word " * 900)[:-1] + "wordy" * 300 + " " + big[:9000],
+    ]
+
+
+@pytest.mark.parametrize("layout", list(LAYOUTS))
+def test_long_texts_cut_before_tokenizing_keep_the_same_ids(
+    layout: str, long_texts: list[str]
+) -> None:
+    """A long text is tokenized from a head only as long as its kept tokens need (bounded
+    memory); the ids kept are those of the whole text, cut to max_length."""
+    reference = LAYOUTS[layout][0]()
+    reference.no_padding()
+    for cache in (True, False):
+        ours = _core.Tokenizer.from_json(reference.to_str(), piece_cache=cache)
+        for max_length, specials in ((128, False), (256, True), (1024, True)):
+            reference.enable_truncation(max_length)
+            expected = [
+                e.ids for e in reference.encode_batch(long_texts, add_special_tokens=specials)
+            ]
+            encoded = ours.encode(long_texts, add_special_tokens=specials, max_length=max_length)
+            wrong = [i for i, ids in enumerate(expected) if encoded.row(i).tolist() != ids]
+            assert not wrong, (
+                f"cache={cache} max_length={max_length}: {len(wrong)} texts differ, "
+                f"first {long_texts[wrong[0]][:80]!r} ({len(long_texts[wrong[0]])} chars)"
+            )

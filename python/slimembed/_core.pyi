@@ -6,7 +6,15 @@ import numpy as np
 import numpy.typing as npt
 from typing_extensions import Self, final
 
-__all__ = ["POOLING_MODES", "Encoded", "StaticModel", "Tokenizer", "int8_gemm_saturates", "pool"]
+__all__ = [
+    "POOLING_MODES",
+    "Encoded",
+    "NonFiniteRow",
+    "StaticModel",
+    "Tokenizer",
+    "int8_gemm_saturates",
+    "pool",
+]
 
 POOLING_MODES: list[str]
 
@@ -81,6 +89,9 @@ class StaticModel:
     def embed_ids(
         self, encoded: Encoded, *, max_length: int | None = None, dim: int | None = None
     ) -> npt.NDArray[np.float32]: ...
+
+# A pooled row is NaN or infinite; args: (message, row in the batch).
+class NonFiniteRow(ValueError): ...
 
 def pool(
     hidden: npt.NDArray[np.float32],

@@ -19,7 +19,7 @@ import numpy.typing as npt
 
 from slimembed import _core
 from slimembed.batching import plan_batches
-from slimembed.errors import ManifestError, ModelFileError, ProviderError
+from slimembed.errors import ManifestError, ModelFileError, NonFiniteError, ProviderError
 from slimembed.manifest import MANIFEST_FILE, Manifest, PromptPlan, model_file
 from slimembed.runner import GraphRunner
 from slimembed.session import choose_precision
@@ -112,14 +112,17 @@ class TransformerBackend(_Tokenized):
         for picked in plan_batches(lengths[nonempty], batch_size, self.max_tokens):
             rows = nonempty[picked]
             batch = self.runner.pad(encoded, rows)
-            out[rows] = _core.pool(
-                self.runner.run(batch),
-                batch.mask,
-                m.pooling,
-                skip=batch.skip if skip_instruction else None,
-                normalize=m.normalize,
-                dim=dim,
-            )
+            try:
+                out[rows] = _core.pool(
+                    self.runner.run(batch),
+                    batch.mask,
+                    m.pooling,
+                    skip=batch.skip if skip_instruction else None,
+                    normalize=m.normalize,
+                    dim=dim,
+                )
+            except _core.NonFiniteRow as err:
+                raise NonFiniteError(int(rows[err.args[1]])) from None
         return out
 
 

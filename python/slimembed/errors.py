@@ -27,3 +27,14 @@ class ManifestError(ModelFileError):
 
 class ProviderError(SlimembedError, RuntimeError):
     """An execution provider was requested (CUDA) that this onnxruntime cannot give."""
+
+
+class NonFiniteError(SlimembedError, ValueError):
+    """The model gave NaN or infinite values for a text; ``index`` is its position."""
+
+    def __init__(self, index: int) -> None:
+        super().__init__(
+            f"the model's output for texts[{index}] is not finite (NaN or infinity); the graph "
+            "or its weights are broken for this input"
+        )
+        self.index = index

@@ -9,12 +9,14 @@ with the backend, so the constructor is written once, here.
 from __future__ import annotations
 
 import os
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable, Iterator, Sequence
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any, ClassVar
 
 from slimembed import env, hub
 from slimembed.backends import Backend, load_backend
+from slimembed.errors import NonFiniteError
 from slimembed.manifest import Manifest
 
 DEFAULT_MAX_TOKENS = 8192
@@ -126,3 +128,24 @@ def check_texts(chunk: list[Any], offset: int) -> None:
                 f"texts[{offset + i}] is {type(text).__name__}, not str; "
                 "every text must be a string"
             )
+
+
+@contextmanager
+def naming_texts(chunk: Sequence[str], offset: int) -> Iterator[None]:
+    """Errors about one text of ``chunk`` name it by its position in the caller's input
+    (``offset`` + index): a lone surrogate, which cannot be encoded as UTF-8, becomes a
+    ValueError, and a NonFiniteError is counted from ``offset``."""
+    try:
+        yield
+    except UnicodeEncodeError:
+        for i, text in enumerate(chunk):
+            try:
+                text.encode("utf-8")
+            except UnicodeEncodeError as err:
+                raise ValueError(
+                    f"texts[{offset + i}] is not valid Unicode: it holds a lone surrogate "
+                    f"(U+{ord(text[err.start]):04X}) at character {err.start}"
+                ) from None
+        raise
+    except NonFiniteError as err:
+        raise NonFiniteError(offset + err.index) from None

@@ -20,7 +20,7 @@ import numpy as np
 import numpy.typing as npt
 
 from slimembed import _core, registry
-from slimembed.facade import CHUNK_SIZE, Facade, as_iterable, check_texts
+from slimembed.facade import CHUNK_SIZE, Facade, as_iterable, check_texts, naming_texts
 from slimembed.manifest import RAW, Prompt, PromptPlan
 
 DEFAULT_BATCH_SIZE = 256
@@ -251,10 +251,16 @@ class TextEmbedding(Facade):
         bar = _progress_bar(texts) if progress else None
         iterator = iter(texts)
         offset = 0
-        while chunk := list(islice(iterator, CHUNK_SIZE)):
+        # The first chunk is one batch, so a stream's first vectors come back after one batch
+        # (not after CHUNK_SIZE long texts); chunks then double up to CHUNK_SIZE.
+        size = min(batch_size, CHUNK_SIZE)
+        while chunk := list(islice(iterator, size)):
             check_texts(chunk, offset)
-            yield self.backend.embed(chunk, plan, batch_size, dim)
+            with naming_texts(chunk, offset):
+                vectors = self.backend.embed(chunk, plan, batch_size, dim)
+            yield vectors
             offset += len(chunk)
+            size = min(2 * size, CHUNK_SIZE)
             if bar is not None:
                 bar.update(len(chunk))
         if bar is not None:
@@ -275,7 +281,8 @@ class TextEmbedding(Facade):
         """
         items = list(as_iterable(texts))
         check_texts(items, 0)
-        return self.backend.encode(items, self.plan(prompt, instruction))
+        with naming_texts(items, 0):
+            return self.backend.encode(items, self.plan(prompt, instruction))
 
     def plan(self, prompt: str | None, instruction: str | None = None) -> PromptPlan:
         """The prompt ``encode`` applies for ``prompt`` (``None``, ``"query"`` or

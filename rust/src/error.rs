@@ -16,6 +16,10 @@ pub enum Error {
     #[error("{0}")]
     InvalidArgument(String),
 
+    /// A pooled row holds NaN or infinity: the model's hidden states are not finite there.
+    #[error("the model's hidden states for row {row} are not finite (NaN or infinity)")]
+    NonFinite { row: usize },
+
     /// The tokenizer failed on an input text.
     #[error("tokenization failed for text {index}: {reason}")]
     Tokenize { index: usize, reason: String },

@@ -12,8 +12,13 @@
 //! - The cache is shared by every thread (a read lock per text, a write lock only to add
 //!   misses) and bounded: at most `MAX_ENTRIES` pieces of at most `MAX_PIECE_BYTES` bytes
 //!   (about 10 MB); past that, misses are encoded and not kept.
+//! - It never waits for its lock: a text that cannot take the read lock at once is encoded
+//!   without the cache, and misses that cannot take the write lock at once are not kept (as
+//!   the tokenizers crate's BPE cache does). Waiting would hang a process forked while another
+//!   thread held the lock, since the holder does not exist in the child and never releases it;
+//!   a cache is only ever a shortcut, so skipping it changes no id.
 
-use std::sync::RwLock;
+use std::sync::{RwLock, TryLockError};
 
 use rustc_hash::FxHashMap;
 use serde_json::Value;
@@ -287,43 +292,52 @@ impl PieceCache {
     ) -> Result<(), E> {
         let mut missed: Vec<(&str, Vec<u32>)> = Vec::new();
         {
-            let map = self
-                .map
-                .read()
-                .unwrap_or_else(std::sync::PoisonError::into_inner);
+            let map = at_once(self.map.try_read());
+            let known = map.as_ref().map_or(0, |m| m.len());
             for &piece in pieces {
-                if let Some(ids) = map.get(piece) {
+                if let Some(ids) = map.as_ref().and_then(|m| m.get(piece)) {
                     out.extend_from_slice(ids);
                 } else {
                     let ids = encode(piece)?;
                     out.extend_from_slice(&ids);
-                    if piece.len() <= MAX_PIECE_BYTES && map.len() + missed.len() < MAX_ENTRIES {
+                    if map.is_some()
+                        && piece.len() <= MAX_PIECE_BYTES
+                        && known + missed.len() < MAX_ENTRIES
+                    {
                         missed.push((piece, ids));
                     }
                 }
             }
         }
         if !missed.is_empty() {
-            let mut map = self
-                .map
-                .write()
-                .unwrap_or_else(std::sync::PoisonError::into_inner);
-            for (piece, ids) in missed {
-                if map.len() < MAX_ENTRIES {
-                    map.insert(piece.into(), ids.into());
+            let map = at_once(self.map.try_write());
+            if let Some(mut map) = map {
+                for (piece, ids) in missed {
+                    if map.len() < MAX_ENTRIES {
+                        map.insert(piece.into(), ids.into());
+                    }
                 }
             }
         }
         Ok(())
     }
 
-    /// Number of cached pieces.
+    /// Number of cached pieces (0 while another thread writes).
     pub fn len(&self) -> usize {
-        self.map.read().map_or(0, |m| m.len())
+        at_once(self.map.try_read()).map_or(0, |m| m.len())
     }
 
     pub fn is_empty(&self) -> bool {
         self.len() == 0
+    }
+}
+
+/// The guard if the lock was free (a poisoned map is still whole: inserts are single calls).
+fn at_once<G>(attempt: Result<G, TryLockError<G>>) -> Option<G> {
+    match attempt {
+        Ok(guard) => Some(guard),
+        Err(TryLockError::Poisoned(guard)) => Some(guard.into_inner()),
+        Err(TryLockError::WouldBlock) => None,
     }
 }
 

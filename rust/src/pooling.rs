@@ -9,6 +9,8 @@
 //! - A row with no real token left pools to a zero vector (and stays zero after normalization),
 //!   as sentence-transformers' clamped mean does, instead of NaN.
 //! - Sums accumulate in f64: long decoder sequences add thousands of terms.
+//! - A pooled row holding NaN or infinity is an error naming the row, never a vector: an inf
+//!   or NaN hidden state would otherwise normalize to NaN or to huge finite values.
 
 use std::str::FromStr;
 
@@ -143,6 +145,9 @@ pub fn pool(
                 }
             }
         }
+        if !row.iter().all(|x| x.is_finite()) {
+            return Err(Error::NonFinite { row: b });
+        }
         if normalize {
             l2_normalize(row);
         }
@@ -187,6 +192,23 @@ mod tests {
         let wm = pool(h.view(), m.view(), Pooling::WeightedMean, None, false, None).unwrap();
         // row 0: (1*1 + 2*3) / 3 = 7/3
         assert!((wm[[0, 0]] - 7.0 / 3.0).abs() < 1e-6);
+    }
+
+    #[test]
+    fn non_finite_pooled_rows_are_errors_naming_the_row() {
+        let mut h = hidden();
+        h[[1, 2, 0]] = f32::NAN;
+        let m = array![[1_i64, 1, 1], [1, 1, 1]];
+        for mode in [Pooling::Mean, Pooling::LastToken] {
+            let err = pool(h.view(), m.view(), mode, None, true, None).unwrap_err();
+            assert!(matches!(err, Error::NonFinite { row: 1 }), "{err}");
+        }
+        // A NaN in a padded position or a pooled-away token is never read.
+        let padded = array![[1_i64, 1, 1], [1, 1, 0]];
+        assert!(pool(h.view(), padded.view(), Pooling::Mean, None, true, None).is_ok());
+        h[[0, 1, 1]] = f32::INFINITY;
+        let err = pool(h.view(), m.view(), Pooling::Mean, None, true, None).unwrap_err();
+        assert!(matches!(err, Error::NonFinite { row: 0 }), "{err}");
     }
 
     #[test]

@@ -15,26 +15,35 @@ use crate::pooling::{self, Pooling};
 use crate::static_embed::{self, StaticOptions, StaticTable};
 use crate::tokenize::{EncodeOptions, Encoded, PaddingSide, TextTokenizer};
 
+pyo3::create_exception!(
+    _core,
+    NonFiniteRow,
+    PyValueError,
+    "A pooled row is NaN or infinite; args: (message, row in the batch)."
+);
+
 impl From<Error> for PyErr {
     fn from(err: Error) -> Self {
         let msg = err.to_string();
         match err {
             Error::FileNotFound { .. } => PyFileNotFoundError::new_err(msg),
+            Error::NonFinite { row } => NonFiniteRow::new_err((msg, row)),
             Error::CorruptFile { .. } | Error::InvalidArgument(_) => PyValueError::new_err(msg),
             Error::Tokenize { .. } => PyRuntimeError::new_err(msg),
         }
     }
 }
 
-/// Set once rayon's pool has run work in this process.
-static USED_POOL: AtomicBool = AtomicBool::new(false);
-/// Set in a child forked after the pool ran: its worker threads did not survive the fork, so
-/// parallel work would wait forever; the child encodes sequentially instead.
+/// Set once a rayon pool exists in this process: rayon's global pool once it has run work (it is
+/// built on first use), a model's own pool as soon as it is built (its threads start at once).
+static POOL_MADE: AtomicBool = AtomicBool::new(false);
+/// Set in a child forked after a pool was made: its worker threads did not survive the fork,
+/// so parallel work would wait forever; the child works sequentially instead.
 static POOL_LOST: AtomicBool = AtomicBool::new(false);
 
 #[cfg(unix)]
 extern "C" fn after_fork_in_child() {
-    if USED_POOL.load(Ordering::SeqCst) {
+    if POOL_MADE.load(Ordering::SeqCst) {
         POOL_LOST.store(true, Ordering::SeqCst);
     }
 }
@@ -42,7 +51,7 @@ extern "C" fn after_fork_in_child() {
 fn use_pool() -> bool {
     let parallel = !POOL_LOST.load(Ordering::SeqCst);
     if parallel {
-        USED_POOL.store(true, Ordering::SeqCst);
+        POOL_MADE.store(true, Ordering::SeqCst);
     }
     parallel
 }
@@ -256,12 +265,15 @@ impl PyStaticModel {
     ) -> PyResult<Self> {
         let pool = match threads {
             Some(0) => return Err(PyValueError::new_err("threads must be >= 1")),
-            Some(n) if n > 1 => Some(
-                rayon::ThreadPoolBuilder::new()
-                    .num_threads(n)
-                    .build()
-                    .map_err(|e| PyRuntimeError::new_err(e.to_string()))?,
-            ),
+            Some(n) if n > 1 => {
+                POOL_MADE.store(true, Ordering::SeqCst);
+                Some(
+                    rayon::ThreadPoolBuilder::new()
+                        .num_threads(n)
+                        .build()
+                        .map_err(|e| PyRuntimeError::new_err(e.to_string()))?,
+                )
+            }
             _ => None,
         };
         Ok(Self {
@@ -391,5 +403,6 @@ fn _core(m: &Bound<'_, PyModule>) -> PyResult<()> {
     m.add_function(wrap_pyfunction!(pool, m)?)?;
     m.add_function(wrap_pyfunction!(int8_gemm_saturates, m)?)?;
     m.add("POOLING_MODES", Pooling::NAMES.to_vec())?;
+    m.add("NonFiniteRow", m.py().get_type::<NonFiniteRow>())?;
     Ok(())
 }

@@ -6,6 +6,18 @@
 //!   for the special tokens of the post-processor *and* for the ids the manifest inserts around
 //!   the text (SGPT's brackets, an appended EOS), and padding happens per batch in `Encoded::pad`
 //!   after the caller has sorted texts by length.
+//! - A text longer than its token budget could need is cut before it is tokenized, so its
+//!   cost follows the tokens kept, not its length (a 20 MB text on a 256-token model would
+//!   otherwise hold about 90 bytes of tokenizer state per input byte). The head is the first
+//!   `CUT_BYTES_PER_TOKEN` bytes per token kept, cut before its last ASCII space: every
+//!   layout splits words there (WordPiece's whitespace, byte-level BPE's regex, Metaspace;
+//!   other Unicode spaces are not word breaks for Metaspace), and normalizers and models act
+//!   within words, so the head's complete words get the tokens the whole text gives them.
+//!   Only what spans the cut (an added token holding a space, a whitespace run) can differ,
+//!   and it lies at the head's end: the head must yield `CUT_MARGIN` tokens past the budget.
+//!   A head that falls short (long tokens, stripped whitespace) or holds no space is doubled
+//!   and tokenized again, so the work stays within about twice what the kept tokens need. A
+//!   text is never cut inside a word: a long run without spaces is tokenized whole.
 //! - The result stays ragged (`Vec<Vec<u32>>`) inside Rust so a long chunk of texts never needs
 //!   one (chunk, longest) padded array.
 
@@ -19,6 +31,26 @@ use tokenizers::{Encoding, Model, ModelWrapper, PostProcessor, Token, Truncation
 
 use crate::error::{Error, Result};
 use crate::pieces::{PieceCache, PieceRule, Splitter};
+
+/// Largest tokenizer.json loaded (the largest published ones are tens of MB).
+const MAX_TOKENIZER_BYTES: u64 = 512 << 20;
+
+/// Bytes of text tokenized first per token kept (English runs about 4 to 5 per token).
+const CUT_BYTES_PER_TOKEN: usize = 8;
+/// Shortest head that is cut off a long text.
+const CUT_MIN_BYTES: usize = 4096;
+/// Tokens a cut head must give past the budget before its first tokens are taken as the text's.
+const CUT_MARGIN: usize = 64;
+
+/// The text's first `room` bytes cut before the last ASCII space in them; `None` when they
+/// hold none.
+fn head(text: &str, room: usize) -> Option<&str> {
+    let mut end = room.min(text.len());
+    while !text.is_char_boundary(end) {
+        end -= 1;
+    }
+    text[..end].rfind(' ').map(|at| &text[..at])
+}
 
 /// Which end of a row the pad tokens go to.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -80,9 +112,21 @@ pub struct TextTokenizer {
 
 impl TextTokenizer {
     pub fn from_file(path: &Path) -> Result<Self> {
-        if !path.is_file() {
-            return Err(Error::FileNotFound {
+        let size = match std::fs::metadata(path) {
+            Ok(meta) if meta.is_file() => meta.len(),
+            _ => {
+                return Err(Error::FileNotFound {
+                    path: path.to_path_buf(),
+                })
+            }
+        };
+        // Checked before reading: the file is parsed whole, at several times its size.
+        if size > MAX_TOKENIZER_BYTES {
+            return Err(Error::CorruptFile {
                 path: path.to_path_buf(),
+                reason: format!(
+                    "{size} bytes; a tokenizer.json is at most {MAX_TOKENIZER_BYTES} bytes"
+                ),
             });
         }
         let inner = tokenizers::Tokenizer::from_file(path).map_err(|e| Error::CorruptFile {
@@ -211,7 +255,7 @@ impl TextTokenizer {
             suffix: &[],
             add_special_tokens,
         };
-        let (ids, _) = self.encode_whole(index, text, &plan)?;
+        let (ids, _, _) = self.encode_whole(index, text, &plan)?;
         out.extend_from_slice(&ids);
         Ok(())
     }
@@ -260,19 +304,54 @@ impl TextTokenizer {
             .collect()
     }
 
+    /// One row: the ids of `text` (cut to the plan's budget) and its pooling skip.
     fn encode_one(&self, index: usize, text: &str, plan: &RowPlan) -> Result<(Vec<u32>, usize)> {
+        let Some(budget) = plan.budget else {
+            let (ids, skip, _) = self.encode_text(index, text, plan)?;
+            return Ok((ids, skip));
+        };
+        let mut room = budget
+            .saturating_mul(CUT_BYTES_PER_TOKEN)
+            .max(CUT_MIN_BYTES);
+        while text.len() > room {
+            if let Some(part) = head(text, room) {
+                let (ids, skip, tokens) = self.encode_text(index, part, plan)?;
+                if tokens >= budget.saturating_add(CUT_MARGIN) {
+                    return Ok((ids, skip));
+                }
+            }
+            room = room.saturating_mul(2);
+        }
+        let (ids, skip, _) = self.encode_text(index, text, plan)?;
+        Ok((ids, skip))
+    }
+
+    /// `encode_one` of the whole `text`, with the number of tokens it had before the cut to
+    /// the budget (instruction included).
+    fn encode_text(
+        &self,
+        index: usize,
+        text: &str,
+        plan: &RowPlan,
+    ) -> Result<(Vec<u32>, usize, usize)> {
         if plan.instruction.is_none() && plan.prefix.is_empty() && plan.suffix.is_empty() {
             let mut ids = Vec::new();
             if self.piece_ids(index, text, plan.add_special_tokens, &mut ids)? {
+                let tokens = ids.len();
                 ids.truncate(plan.budget.unwrap_or(usize::MAX));
-                return Ok((ids, 0));
+                return Ok((ids, 0, tokens));
             }
         }
         self.encode_whole(index, text, plan)
     }
 
-    /// `encode_one` through the tokenizers crate's full pipeline, the text encoded whole.
-    fn encode_whole(&self, index: usize, text: &str, plan: &RowPlan) -> Result<(Vec<u32>, usize)> {
+    /// `encode_text` through the tokenizers crate's full pipeline, the text encoded whole.
+    fn encode_whole(
+        &self,
+        index: usize,
+        text: &str,
+        plan: &RowPlan,
+    ) -> Result<(Vec<u32>, usize, usize)> {
         let RowPlan {
             instruction,
             budget,
@@ -294,8 +373,9 @@ impl TextTokenizer {
                 )
             }
         };
+        let tokens = enc.len();
         if let Some(budget) = budget {
-            if enc.len() > budget {
+            if tokens > budget {
                 enc.truncate(budget, 0, TruncationDirection::Right);
                 // Overflowing pieces would be post-processed too; nobody reads them.
                 drop(enc.take_overflowing());
@@ -325,7 +405,7 @@ impl TextTokenizer {
         } else {
             0
         };
-        Ok((enc.get_ids().to_vec(), skip))
+        Ok((enc.get_ids().to_vec(), skip, tokens))
     }
 }
 
