@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import json
+import os
 import shutil
+import stat
 from collections.abc import Callable
 from pathlib import Path
 
@@ -14,6 +16,7 @@ import transformers
 
 from benchmarks.datasets import all_texts
 from slimembed import Manifest, TextEmbedding
+from slimembed.errors import ManifestError
 from slimembed_export import ExportError, ExportOptions, export_model
 from tests import reference, tiny
 
@@ -195,3 +198,50 @@ def test_external_data_graph_loads_from_a_hub_cache_layout(
     assert linked[0].stat().st_nlink >= 2  # a hard link, not a copy
     np.testing.assert_array_equal(TextEmbedding(snapshot).encode(texts), want)  # made once
     assert len(list((tmp_path / "cache" / "linked").iterdir())) == 1
+
+
+def test_external_data_links_only_files_of_the_model_and_copies_keep_permissions(
+    tiny_source: Callable[[str], Path], tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The runtime links or copies a graph's external data into its cache, so it must never
+    take a file from outside the model directory (a data symlink pointing elsewhere), and a
+    copy (no hard link across file systems) keeps the source's permissions."""
+    out = tmp_path / "external"
+    export_model(str(tiny_source("qwen3")), out, ExportOptions(max_length=128, external_data=True))
+    monkeypatch.setenv("SLIMEMBED_CACHE_DIR", str(tmp_path / "cache"))
+    linked = tmp_path / "cache" / "linked"
+    elsewhere = tmp_path / "elsewhere"
+    elsewhere.mkdir()
+    model = tmp_path / "model"
+    model.mkdir()
+    for file in out.iterdir():
+        if file.name == "model.onnx.data":
+            shutil.copy(file, elsewhere / file.name)
+            (model / file.name).symlink_to(elsewhere / file.name)
+        else:
+            shutil.copy(file, model / file.name)
+    with pytest.raises(ManifestError, match=r"external data.*outside the model directory"):
+        TextEmbedding(model)
+    assert not linked.exists() or not any(linked.iterdir())
+
+    blobs, snapshot = tmp_path / "hub" / "blobs", tmp_path / "hub" / "snapshots" / "abc123"
+    blobs.mkdir(parents=True)
+    snapshot.mkdir(parents=True)
+    for i, file in enumerate(sorted(out.iterdir())):
+        shutil.copy(file, blobs / f"blob{i:02d}")
+        (blobs / f"blob{i:02d}").chmod(0o600)
+        (snapshot / file.name).symlink_to(Path("../../blobs") / f"blob{i:02d}")
+
+    def no_link(src: object, dst: object) -> None:
+        raise OSError(18, "Invalid cross-device link")
+
+    monkeypatch.setattr(os, "link", no_link)
+    texts = reference.mixed_texts()
+    np.testing.assert_array_equal(
+        TextEmbedding(snapshot).encode(texts), TextEmbedding(out).encode(texts)
+    )
+    (folder,) = linked.iterdir()
+    assert stat.S_IMODE(folder.stat().st_mode) == 0o700
+    for copy in folder.iterdir():
+        assert copy.stat().st_nlink == 1  # a copy
+        assert stat.S_IMODE(copy.stat().st_mode) == 0o600

@@ -10,6 +10,7 @@ from __future__ import annotations
 import hashlib
 import os
 import shutil
+import tempfile
 from collections.abc import Sequence
 from pathlib import Path
 
@@ -108,7 +109,7 @@ def create_session(
     if not path.is_file():
         raise ModelFileError(f"{path} not found: the manifest names it as the model graph")
     chosen = choose_providers(providers, cuda, device_id)
-    loadable = _beside_its_data(path)
+    loadable = _beside_its_data(model_dir, graph_file)
     options = ort.SessionOptions()
     options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
     if threads is not None:
@@ -138,38 +139,45 @@ def create_session(
     return session
 
 
-def _beside_its_data(path: Path) -> Path:
-    """``path``, or where it and its external data (``<graph>.data``) sit together as real files.
+def _beside_its_data(model_dir: Path, graph_file: str) -> Path:
+    """The graph, or where it and its external data (``<graph>.data``) sit together as real
+    files.
 
     ONNX Runtime refuses external data that resolves outside the graph's directory, and the
     Hugging Face cache stores each file of a snapshot as a symlink into a shared ``blobs/``
-    folder under a hash name. Such a graph gets a folder of its own under the cache, holding
-    hard links to the two files under their own names (copies where links cannot be made:
-    another file system); it is made once per pair of files.
+    folder under a hash name. Such a graph gets a folder of its own under the cache (readable
+    by its owner only), holding hard links to the two files under their own names, or copies
+    with the files' own permissions where links cannot be made (another file system); it is
+    made once per pair of files. The data file must resolve inside the model directory or its
+    snapshot's ``blobs/`` as the graph must, so no other file is ever linked or copied.
     """
+    path = model_dir / graph_file
     data = path.with_name(path.name + ".data")
     if not (path.is_symlink() or data.is_symlink()) or not data.is_file():
         return path
+    model_file(model_dir, f"{graph_file}.data", "the graph's external data")
     graph_real, data_real = path.resolve(), data.resolve()
     if graph_real.parent == data_real.parent and data_real.name == data.name:
         return graph_real  # the links lead to a folder that keeps both together
     key = hashlib.sha256(f"{graph_real}\0{data_real}".encode()).hexdigest()[:24]
-    folder = env.cache_dir() / "linked" / key
+    linked = env.cache_dir() / "linked"
+    folder = linked / key
     target = folder / path.name
     if target.is_file() and (folder / data.name).is_file():
         return target
-    staging = folder.with_name(f"{key}.{os.getpid()}.partial")
-    shutil.rmtree(staging, ignore_errors=True)
-    staging.mkdir(parents=True)
-    for real, name in ((graph_real, path.name), (data_real, data.name)):
-        try:
-            os.link(real, staging / name)
-        except OSError:
-            shutil.copyfile(real, staging / name)
+    linked.mkdir(parents=True, exist_ok=True)
+    staging = Path(tempfile.mkdtemp(prefix=f"{key}.", suffix=".partial", dir=linked))
     try:
+        for real, name in ((graph_real, path.name), (data_real, data.name)):
+            try:
+                os.link(real, staging / name)
+            except OSError:
+                shutil.copy2(real, staging / name)
         staging.rename(folder)
-    except OSError:  # another process made it first
+    except OSError:
         shutil.rmtree(staging, ignore_errors=True)
+        if not target.is_file():  # not made by another process first
+            raise
     return target
 
 
