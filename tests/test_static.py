@@ -10,6 +10,8 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
 
 from benchmarks.datasets import all_texts
 from slimembed import Manifest, ManifestError, ModelFileError, TextEmbedding
@@ -199,3 +201,87 @@ def test_inconsistent_or_non_finite_tables_are_refused_at_load(
         tables.save(change(original), model / default.table_file)
         with pytest.raises(ModelFileError, match="NaN or infinite"):
             TextEmbedding(model)
+
+
+_TABLE_DTYPES = {
+    "F32": np.float32,
+    "F16": np.float16,
+    "I8": np.int8,
+    "U8": np.uint8,
+    "I32": np.int32,
+    "F64": np.float64,
+}
+_VALUES = st.sampled_from([0.0, 1.0, -0.5, 127.0, 3e38, 70000.0, np.nan, np.inf, -np.inf])
+
+
+@st.composite
+def _static_tables(draw: st.DrawFn) -> tuple[dict[str, np.ndarray], dict[str, object], int]:
+    """A table file's tensors, manifest changes, and bytes cut from the file's end."""
+    dtype = draw(st.sampled_from(sorted(_TABLE_DTYPES)))
+    shape = draw(
+        st.sampled_from([(51, 8), (51, 8), (60, 8), (40, 8), (51, 0), (0, 8), (51,), (51, 8, 2)])
+    )
+    fill = draw(_VALUES)
+    table = np.full(shape, 0.25, dtype=np.float64)
+    if table.size and draw(st.booleans()):
+        table.flat[draw(st.integers(0, table.size - 1))] = fill
+    with np.errstate(invalid="ignore", over="ignore"):
+        tensors = {"embeddings": table.astype(_TABLE_DTYPES[dtype])}
+    if draw(st.booleans()):
+        rows = draw(st.sampled_from([51, 50, 0, 60]))
+        tensors["scales"] = np.full(rows, draw(_VALUES), np.float32)
+    if draw(st.booleans()):
+        tensors["mapping"] = np.arange(51, dtype=draw(st.sampled_from([np.int32, np.float32])))
+    changes: dict[str, object] = {
+        "precision": draw(st.sampled_from(["fp32", "fp16", "int8"])),
+        "dim": draw(st.sampled_from([8, 8, 4, 16])),
+    }
+    return tensors, changes, draw(st.sampled_from([0, 0, 0, 1, 7, 100]))
+
+
+@settings(
+    max_examples=200, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture]
+)
+@given(case=_static_tables())
+def test_fuzzed_static_tables_load_consistent_or_fail_naming_the_file(
+    case: tuple[dict[str, np.ndarray], dict[str, object], int], tmp_path: Path
+) -> None:
+    """Tables of any dtype, shape, value and length against any manifest dim and precision:
+    either a model whose vectors have the manifest's width and are finite, or a ModelFileError
+    naming the table file — never another exception, NaN vectors or a size that lies."""
+    from slimembed import tables
+    from slimembed.static_model import write_static_model
+    from tests.tiny import number_tokenizer_json
+
+    tensors, changes, cut = case
+    out = tmp_path / f"fuzzed-{len(list(tmp_path.iterdir()))}"
+    out.mkdir()
+    tokenizer = out / "source-tokenizer.json"
+    tokenizer.write_text(number_tokenizer_json())
+    manifest = write_static_model(
+        out,
+        {"embeddings": np.zeros((51, 8), np.float32)},
+        tokenizer,
+        precision="fp32",
+        normalize=True,
+        skip_id=None,
+        source={"fuzz": True},
+    )
+    manifest.with_changes(**changes).save(out)
+    table = out / str(manifest.table_file)
+    tables.save(tensors, table)
+    if cut:
+        table.write_bytes(table.read_bytes()[:-cut])
+    try:
+        model = TextEmbedding(out)
+    except ModelFileError as err:
+        message = str(err)
+    else:
+        message = ""
+    if message:
+        assert str(table) in message or str(out / "slimembed.json") in message, message
+        return
+    vectors = model.encode(["3 17 49", "0", "", "50 [UNK] 12"])
+    assert vectors.shape == (4, model.embedding_size)
+    assert model.embedding_size == changes["dim"]
+    assert np.isfinite(vectors).all()

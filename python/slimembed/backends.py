@@ -202,6 +202,12 @@ def load_backend(
                     f"{model_dir / MANIFEST_FILE}: {field_name} is {stated!r} but the table "
                     f"{manifest.table_file} holds {stored!r}"
                 )
+        if table.vocab_size < tokenizer.vocab_size:
+            raise ModelFileError(
+                f"{model_dir / manifest.table_file}: the table holds rows for "
+                f"{table.vocab_size} token ids, but the tokenizer's vocabulary has "
+                f"{tokenizer.vocab_size}"
+            )
         if manifest.skip_id is not None:
             _check_id(manifest.skip_id, "skip_id", table.vocab_size, model_dir)
         return StaticBackend(table, tokenizer, manifest)
