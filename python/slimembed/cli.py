@@ -3,16 +3,28 @@ subcommands (``export``, ``bench``) through the ``slimembed.commands`` entry-poi
 
 from __future__ import annotations
 
+import codecs
+import contextlib
 import importlib.metadata
 import json
+import os
+import secrets
+import signal
+import stat
 import sys
+import threading
+from collections.abc import Iterator
 from pathlib import Path
+from typing import TYPE_CHECKING, BinaryIO
 
 import click
 import numpy as np
 
 from slimembed import hub, registry
 from slimembed.errors import SlimembedError
+
+if TYPE_CHECKING:
+    from slimembed.text_embedding import TextEmbedding
 
 #: The entry-point group whose click commands become ``slimembed`` subcommands.
 COMMANDS_GROUP = "slimembed.commands"
@@ -82,6 +94,112 @@ def main() -> None:
     """slimembed: text embeddings on ONNX Runtime without PyTorch."""
 
 
+def _lines(data: bytes, source: str) -> list[str]:
+    """The lines of ``data``, each decoded as UTF-8: split at ``\\n`` (a ``\\r`` before it
+    dropped), so a text keeps any other line separator it holds and line numbers are those
+    of ``wc -l`` and editors; a leading byte-order mark is dropped. ValueError naming
+    ``source`` and the line when one is not UTF-8."""
+    lines = data.split(b"\n")
+    if lines[-1] == b"":
+        lines.pop()
+    if lines and lines[0].startswith(codecs.BOM_UTF8):
+        lines[0] = lines[0][len(codecs.BOM_UTF8) :]
+    texts = []
+    for number, line in enumerate(lines, 1):
+        try:
+            texts.append(line.removesuffix(b"\r").decode("utf-8"))
+        except UnicodeDecodeError as err:
+            raise ValueError(
+                f"{source}: line {number} is not UTF-8 text (byte {err.start + 1}: {err.reason})"
+            ) from None
+    return texts
+
+
+class _Terminated(SystemExit):
+    """Raised in the main thread when SIGTERM arrives, so that cleanup runs as for Ctrl-C."""
+
+
+@contextlib.contextmanager
+def _sigterm_unwinds() -> Iterator[None]:
+    """Turn SIGTERM into an exception for the duration (exit status 128 + 15, as a shell
+    reports a process killed by it) so ``finally`` blocks run; the old handler comes back.
+    Outside the main thread, where Python cannot set handlers, nothing changes."""
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+
+    def unwind(signum: int, frame: object) -> None:
+        raise _Terminated(128 + signum)
+
+    previous = signal.signal(signal.SIGTERM, unwind)
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGTERM, previous)
+
+
+@contextlib.contextmanager
+def _replacing(target: Path) -> Iterator[BinaryIO]:
+    """A new file beside ``target`` that takes its place only once the block completes: an
+    interrupted or failed run leaves no partial file and an older ``target`` untouched.
+
+    The file is made as a plain ``open`` would make it (0666 less the umask; an existing
+    target's mode is kept), in the same folder so that ``os.replace`` is atomic."""
+    for _ in range(100):
+        part = target.with_name(f".{target.name}.{secrets.token_hex(4)}.part")
+        try:
+            fd = os.open(part, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o666)
+        except FileExistsError:
+            continue
+        break
+    else:  # pragma: no cover - 100 random names all taken
+        raise FileExistsError(f"no free temporary name beside {target}")
+    try:
+        with os.fdopen(fd, "wb") as fh:
+            yield fh
+        with contextlib.suppress(FileNotFoundError):
+            os.chmod(part, stat.S_IMODE(target.stat().st_mode))
+        os.replace(part, target)
+    except BaseException:
+        with contextlib.suppress(FileNotFoundError):
+            part.unlink()
+        raise
+
+
+def _read_texts(texts: tuple[str, ...], input_file: Path | None) -> list[str]:
+    """TEXTS, then the lines of --file; stdin's lines when neither gives any."""
+    items = list(texts)
+    if input_file is not None:
+        try:
+            items += _lines(input_file.read_bytes(), str(input_file))
+        except ValueError as err:
+            raise click.BadParameter(str(err), param_hint="'--file' / '-f'") from None
+    if not items and not sys.stdin.isatty():
+        try:
+            items = _lines(sys.stdin.buffer.read(), "stdin")
+        except ValueError as err:
+            raise click.UsageError(str(err)) from None
+    if not items:
+        raise click.UsageError("no texts: pass TEXTS, --file, or pipe lines on stdin")
+    return items
+
+
+def _summary(embedder: object, items: list[str], vectors: np.ndarray) -> None:
+    """Print each text's first components and norm, and the cosine matrix for a few texts."""
+    click.echo(f"{embedder!r}: {vectors.shape[0]} texts -> {vectors.shape[1]} dims")
+    for text, vec in zip(items, vectors, strict=True):
+        shown = " ".join(f"{x:+.4f}" for x in vec[:6])
+        click.echo(f"{text[:40]!r:44} [{shown} ...] |v|={np.linalg.norm(vec):.4f}")
+    if 1 < len(items) <= 10:
+        unit = vectors / np.maximum(np.linalg.norm(vectors, axis=1, keepdims=True), 1e-12)
+        click.echo("cosine similarity:")
+        for i, row in enumerate(unit @ unit.T):
+            click.echo(f"  [{i}] " + " ".join(f"{x:+.3f}" for x in row))
+
+
+_POSITIVE = click.IntRange(min=1)
+
+
 @main.command()
 @click.argument("texts", nargs=-1)
 @click.option(
@@ -95,16 +213,17 @@ def main() -> None:
     "-f",
     "input_file",
     type=click.Path(exists=True, dir_okay=False, path_type=Path),
-    help="Read texts from this file, one per line ('-' style stdin: omit TEXTS and --file).",
+    help="Read texts from this UTF-8 file, one per line (stdin when TEXTS and --file are "
+    "both omitted).",
 )
 @click.option("--query", "prompt", flag_value="query", help="Apply the model's query prompt.")
 @click.option(
     "--document", "prompt", flag_value="document", help="Apply the model's document prompt."
 )
-@click.option("--dim", type=int, default=None, help="Matryoshka: keep this many dimensions.")
-@click.option("--batch-size", type=int, default=64, show_default=True)
+@click.option("--dim", type=_POSITIVE, default=None, help="Matryoshka: keep this many dimensions.")
+@click.option("--batch-size", type=_POSITIVE, default=64, show_default=True)
 @click.option(
-    "--threads", type=int, default=None, help="ONNX Runtime threads (default: all cores)."
+    "--threads", type=_POSITIVE, default=None, help="ONNX Runtime threads (default: all cores)."
 )
 @click.option("--cuda", is_flag=True, help="Run on the CUDA provider (error if unavailable).")
 @click.option(
@@ -112,10 +231,11 @@ def main() -> None:
     "-o",
     type=click.Path(dir_okay=False, path_type=Path),
     default=None,
-    help="Write vectors to a .npy file or as JSON lines (.jsonl) instead of printing a summary.",
+    help="Write vectors to a .npy file or as JSON lines (any other name) instead of printing "
+    "a summary. The file appears only once complete; an older one stays until then.",
 )
 def embed(
-    model: str,
+    model: str | None,
     texts: tuple[str, ...],
     input_file: Path | None,
     prompt: str | None,
@@ -126,40 +246,60 @@ def embed(
     output: Path | None,
 ) -> None:
     """Embed TEXTS (or the lines of --file, or stdin) and print or save the vectors."""
+    if output is not None and not output.absolute().parent.is_dir():
+        raise click.BadParameter(
+            f"folder {output.absolute().parent} does not exist", param_hint="'--output' / '-o'"
+        )
+    with _sigterm_unwinds(), contextlib.ExitStack() as stack:
+        # The output file is made first, so that an interrupted run never leaves it behind.
+        fh = None if output is None else stack.enter_context(_replacing(output))
+        items = _read_texts(texts, input_file)
+        embedder, vectors = _encode(items, model, prompt, dim, batch_size, threads, cuda)
+        if output is None or fh is None:
+            _summary(embedder, items, vectors)
+            return
+        try:
+            if output.suffix == ".npy":
+                np.save(fh, vectors)
+            else:
+                for text, vec in zip(items, vectors, strict=True):
+                    line = json.dumps({"text": text, "embedding": vec.tolist()}) + "\n"
+                    fh.write(line.encode())
+        except OSError as err:
+            raise click.ClickException(f"could not write {output}: {err}") from err
+    if output.suffix == ".npy":
+        click.echo(f"wrote {vectors.shape} float32 to {output}")
+    else:
+        click.echo(f"wrote {len(items)} JSON lines to {output}")
+
+
+def _encode(
+    items: list[str],
+    model: str | None,
+    prompt: str | None,
+    dim: int | None,
+    batch_size: int,
+    threads: int | None,
+    cuda: bool,
+) -> tuple[TextEmbedding, np.ndarray]:
+    """The model and the vectors of ``items``; library errors become click errors."""
     from slimembed.text_embedding import TextEmbedding
 
-    items = list(texts)
-    if input_file is not None:
-        items += input_file.read_text(encoding="utf-8").splitlines()
-    if not items and not sys.stdin.isatty():
-        items = sys.stdin.read().splitlines()
-    if not items:
-        raise click.UsageError("no texts: pass TEXTS, --file, or pipe lines on stdin")
     try:
         embedder = TextEmbedding(model, threads=threads, cuda=cuda)
+    except SlimembedError as err:
+        raise click.ClickException(str(err)) from err
+    try:
+        embedder.check_dim(dim)
+    except ValueError as err:
+        raise click.BadParameter(str(err), param_hint="'--dim'") from None
+    try:
         vectors = embedder.encode(
             items, batch_size=batch_size, prompt=prompt, dim=dim, progress=len(items) > 1000
         )
-    except SlimembedError as err:
+    except (SlimembedError, ValueError) as err:
         raise click.ClickException(str(err)) from err
-    if output is None:
-        click.echo(f"{embedder!r}: {vectors.shape[0]} texts -> {vectors.shape[1]} dims")
-        for text, vec in zip(items, vectors, strict=True):
-            shown = " ".join(f"{x:+.4f}" for x in vec[:6])
-            click.echo(f"{text[:40]!r:44} [{shown} ...] |v|={np.linalg.norm(vec):.4f}")
-        if 1 < len(items) <= 10:
-            unit = vectors / np.maximum(np.linalg.norm(vectors, axis=1, keepdims=True), 1e-12)
-            click.echo("cosine similarity:")
-            for i, row in enumerate(unit @ unit.T):
-                click.echo(f"  [{i}] " + " ".join(f"{x:+.3f}" for x in row))
-    elif output.suffix == ".npy":
-        np.save(output, vectors)
-        click.echo(f"wrote {vectors.shape} float32 to {output}")
-    else:
-        with output.open("w", encoding="utf-8") as fh:
-            for text, vec in zip(items, vectors, strict=True):
-                fh.write(json.dumps({"text": text, "embedding": vec.tolist()}) + "\n")
-        click.echo(f"wrote {len(items)} JSON lines to {output}")
+    return embedder, vectors
 
 
 @main.command()
