@@ -10,6 +10,7 @@ import tempfile
 from collections.abc import Callable
 from pathlib import Path
 
+import numpy as np
 import pytest
 
 # Tests run offline: nothing may reach the Hugging Face Hub; slimembed's cache is the session's.
@@ -64,6 +65,19 @@ def minilm_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
     out = tmp_path_factory.mktemp("minilm") / "all-MiniLM-L6-v2"
     export_model(str(tiny.minilm_source()), out)
     return out
+
+
+@pytest.fixture(scope="session")
+def minilm_reference() -> tuple[list[str], np.ndarray]:
+    """Every text in shared/data and sentence-transformers' all-MiniLM-L6-v2 vectors of them
+    (real weights), computed once for the tests that compare against them."""
+    from sentence_transformers import SentenceTransformer
+
+    from benchmarks.datasets import all_texts
+
+    texts = list(all_texts())
+    model = SentenceTransformer(str(tiny.minilm_source()), device="cpu")
+    return texts, model.encode(texts, batch_size=64, convert_to_numpy=True)
 
 
 @pytest.fixture

@@ -14,7 +14,6 @@ import pytest
 import torch
 import transformers
 
-from benchmarks.datasets import all_texts
 from slimembed import Manifest, TextEmbedding
 from slimembed.errors import ManifestError
 from slimembed_export import ExportError, ExportOptions, export_model
@@ -143,14 +142,12 @@ def test_failed_parity_check_fails_the_export(tiny_source, tmp_path: Path) -> No
 
 
 @pytest.mark.slow
-def test_minilm_matches_sentence_transformers_on_all_shared_data(minilm_dir: Path) -> None:
+def test_minilm_matches_sentence_transformers_on_all_shared_data(
+    minilm_dir: Path, minilm_reference: tuple[list[str], np.ndarray]
+) -> None:
     """Real weights: every text in shared/data, slimembed against sentence-transformers."""
-    from sentence_transformers import SentenceTransformer
-
-    texts = list(all_texts())
+    texts, theirs = minilm_reference
     ours = TextEmbedding(minilm_dir).encode(texts, batch_size=64)
-    st_model = SentenceTransformer(str(tiny.minilm_source()), device="cpu")
-    theirs = st_model.encode(texts, batch_size=64, convert_to_numpy=True)
     cos = reference.cosine(ours, theirs)
     assert cos.min() >= MIN_COSINE, (cos.min(), texts[int(cos.argmin())][:80])
     assert Manifest.load(minilm_dir).parity["batch_min_cosine"] >= MIN_COSINE

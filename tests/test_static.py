@@ -17,6 +17,7 @@ from benchmarks.datasets import all_texts
 from slimembed import Manifest, ManifestError, ModelFileError, TextEmbedding
 from slimembed.backends import StaticBackend
 from slimembed_export import ExportError, ExportOptions, export_model
+from tests.hub_layout import embed_offline, hub_cache
 from tests.reference import cosine
 
 FP32_MIN = 0.99999
@@ -285,3 +286,40 @@ def test_fuzzed_static_tables_load_consistent_or_fail_naming_the_file(
     assert vectors.shape == (4, model.embedding_size)
     assert model.embedding_size == changes["dim"]
     assert np.isfinite(vectors).all()
+
+
+@pytest.mark.parametrize("layout", ["model2vec-quantized", "model2vec-bpe", "static-embedding"])
+def test_static_repositories_load_by_hub_id_without_torch(
+    layout: str,
+    tokenlearn_dir: Path,
+    wordllama_model2vec: Path,
+    wordllama_st: Path,
+    texts: list[str],
+    tmp_path: Path,
+) -> None:
+    """model2vec and StaticEmbedding repositories in a hub cache load by their id, offline,
+    converted by the runtime itself (no torch), with the source library's vectors."""
+    from sentence_transformers import SentenceTransformer
+
+    folder = {
+        "model2vec-quantized": tokenlearn_dir,
+        "model2vec-bpe": wordllama_model2vec,
+        "static-embedding": wordllama_st,
+    }[layout]
+    cache = tmp_path / "hub"
+    hub_cache(cache, f"acme/{layout}", folder)
+
+    got, report = embed_offline(cache, f"acme/{layout}", texts, tmp_path / "run")
+
+    assert report["torch"] == []
+    assert report["kind"] == "static"
+    if layout == "static-embedding":
+        want = SentenceTransformer(str(folder), device="cpu").encode(texts, batch_size=256)
+    else:
+        want = _model2vec_vectors(folder, texts)
+    assert cosine(got, want).min() >= FP32_MIN
+    # Converted once, into the cache beside the download; the second load reads it.
+    converted = Path(report["model_dir"])
+    assert converted.is_relative_to(cache / "adopted")
+    again = TextEmbedding(f"acme/{layout}", cache_dir=cache, local_files_only=True)
+    assert again.model_dir == converted

@@ -221,14 +221,6 @@ def test_hub_id_loads_from_a_hub_cache_layout(bert: Path, tmp_path: Path) -> Non
     )
 
 
-def test_hub_repository_without_manifest_is_explained(
-    tiny_source: Callable[[str], Path], tmp_path: Path
-) -> None:
-    _hub_cache(tmp_path, "plain-bert", tiny_source("bert"))
-    with pytest.raises(ManifestError, match="not a slimembed model repository"):
-        TextEmbedding("acme/plain-bert", cache_dir=tmp_path)
-
-
 def test_registry_name_points_to_export() -> None:
     with pytest.raises(UnknownModelError, match="slimembed export all-MiniLM-L6-v2"):
         TextEmbedding("all-MiniLM-L6-v2")

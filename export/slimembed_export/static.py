@@ -15,97 +15,26 @@ Source rules, kept exactly:
 
 from __future__ import annotations
 
-from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 
 from slimembed import tables
+from slimembed.errors import ModelFileError
 from slimembed.manifest import Manifest
-from slimembed.static_model import unknown_token_id, write_static_model
+from slimembed.repos import StaticSource, read_static, static_kind, static_tensors
+from slimembed.static_model import write_static_model
 from slimembed_export.errors import ExportError
-from slimembed_export.source import read_json
 
-ST_STATIC = "StaticEmbedding"
-
-
-@dataclass
-class StaticSource:
-    """A static model as read from its source directory, in float32."""
-
-    kind: str  # "model2vec" or "sentence-transformers"
-    embeddings: np.ndarray  # (rows, dim)
-    tokenizer_file: Path
-    normalize: bool
-    skip_id: int | None = None
-    mapping: np.ndarray | None = None  # (vocab,) int64
-    weights: np.ndarray | None = None  # (vocab,) float32
-    int8_source: bool = False
+__all__ = ["StaticSource", "detect", "export_static", "reference_embed", "write_graph"]
 
 
 def detect(model_dir: Path) -> str | None:
-    """ "model2vec", "sentence-transformers" (StaticEmbedding) or None for other models.
-
-    model2vec folders also carry a modules.json for sentence-transformers; model2vec's own rules
-    (drop the unknown token) win for them, as the folder's maker intended.
-    """
-    config = model_dir / "config.json"
-    if (model_dir / "model.safetensors").is_file() and config.is_file():
-        data = read_json(config)
-        plain = data.get("model_type") == "model2vec" or not data.get("architectures")
-        if plain and "embeddings" in tables.tensor_names(model_dir / "model.safetensors"):
-            return "model2vec"
-    modules = model_dir / "modules.json"
-    if modules.is_file():
-        kinds = [str(m.get("type", "")).rsplit(".", 1)[-1] for m in read_json(modules)]
-        return "sentence-transformers" if ST_STATIC in kinds else None
-    return None
-
-
-def read_source(model_dir: Path, kind: str) -> StaticSource:
-    if kind == "model2vec":
-        tensors = tables.load(model_dir / "model.safetensors")
-        config = read_json(model_dir / "config.json")
-        table = tensors["embeddings"]
-        mapping = tensors.get("mapping")
-        weights = tensors.get("weights")
-        return StaticSource(
-            kind=kind,
-            embeddings=table.astype(np.float32),
-            tokenizer_file=model_dir / "tokenizer.json",
-            normalize=bool(config.get("normalize", False)),
-            skip_id=unknown_token_id(model_dir / "tokenizer.json"),
-            mapping=None if mapping is None else mapping.astype(np.int64),
-            weights=None if weights is None else weights.astype(np.float32),
-            int8_source=table.dtype == np.int8,
-        )
-    modules = read_json(model_dir / "modules.json")
-    static = next(m for m in modules if str(m.get("type", "")).endswith(ST_STATIC))
-    others = [str(m.get("type", "")).rsplit(".", 1)[-1] for m in modules if m is not static]
-    if set(others) - {"Normalize"}:
-        raise ExportError(f"{model_dir}: modules {others} after StaticEmbedding are not supported")
-    folder = model_dir / static.get("path", "")
-    tensors = tables.load(folder / "model.safetensors")
-    key = "embedding.weight" if "embedding.weight" in tensors else next(iter(tensors))
-    return StaticSource(
-        kind=kind,
-        embeddings=tensors[key].astype(np.float32),
-        tokenizer_file=folder / "tokenizer.json",
-        normalize="Normalize" in others,
-    )
-
-
-def table_tensors(source: StaticSource, precision: str) -> dict[str, np.ndarray]:
-    """The tensors of embeddings.safetensors for ``precision``."""
+    """ "model2vec", "sentence-transformers" (StaticEmbedding) or None for other models."""
     try:
-        tensors = tables.quantize(source.embeddings, precision, integer_rows=source.int8_source)
-    except ValueError as err:
+        return static_kind(model_dir)
+    except ModelFileError as err:
         raise ExportError(str(err)) from err
-    if source.mapping is not None:
-        tensors["mapping"] = source.mapping
-    if source.weights is not None:
-        tensors["weights"] = source.weights
-    return tensors
 
 
 def write_graph(tensors: dict[str, np.ndarray], path: Path) -> None:
@@ -175,8 +104,11 @@ def export_static(
     revision: str | None,
 ) -> tuple[Manifest, StaticSource, dict[str, np.ndarray]]:
     """Write a static model directory into ``staging``; returns its manifest (no parity yet)."""
-    source = read_source(model_dir, kind)
-    tensors = table_tensors(source, precision)
+    try:
+        source = read_static(model_dir, kind)
+        tensors = static_tensors(source, precision)
+    except (ModelFileError, ValueError) as err:
+        raise ExportError(str(err)) from err
     write_graph(tensors, staging / "model.onnx")
     rows = len(source.embeddings)
     manifest = write_static_model(

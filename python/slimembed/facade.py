@@ -50,17 +50,21 @@ class Facade:
         local_files_only: bool = False,
         max_tokens: int = DEFAULT_MAX_TOKENS,
         precision: str | None = None,
+        model_file: str | None = None,
     ) -> None:
         """Open ``model_name`` and load its backend.
 
         Args:
             model_name: a model directory made by ``slimembed export`` or ``slimembed
-                distill``, or a Hugging Face id of a repository holding one (downloaded into
-                ``cache_dir``). ``None`` loads the class's default model where it has one
-                (``TextEmbedding``: the embedded static default, shipped inside the package,
-                offline).
-            cache_dir: where hub downloads are kept (default: ``SLIMEMBED_CACHE_DIR`` or
-                ``~/.cache/slimembed``).
+                distill``; a Hugging Face id of a repository holding one, or of a
+                sentence-transformers, ONNX, model2vec or StaticEmbedding repository, which
+                runs as its own configuration says, without torch (downloaded into
+                ``cache_dir``); or a local folder of one of those layouts. ``None`` loads the
+                class's default model where it has one (``TextEmbedding``: the embedded static
+                default, shipped inside the package, offline).
+            cache_dir: a Hugging Face hub cache where downloads are kept (default:
+                ``SLIMEMBED_CACHE_DIR`` or ``~/.cache/slimembed``; the cache
+                sentence-transformers filled works too).
             threads: worker threads: ONNX Runtime intra-op threads, or the Rust pool of a
                 static model (default: ``SLIMEMBED_THREADS``, else all cores).
             providers: ONNX Runtime execution providers, e.g. ``["CUDAExecutionProvider"]``.
@@ -72,7 +76,11 @@ class Facade:
             max_tokens: padded tokens per batch at most (bounds memory for long texts).
             precision: which graph of the directory to run (``"fp32"``, ``"int8"``,
                 ``"fp16"``); default: INT8 on CPU and FP16 on CUDA where the directory holds
-                them, else its main graph. ``self.precision`` says which one runs.
+                them, else its main graph. ``self.precision`` says which one runs. For a
+                repository without a slimembed manifest: the one graph file of that
+                precision (default: its float32 graph, the faithful one).
+            model_file: for such a repository, the graph to run, as a path inside it
+                (``"onnx/model_qint8_avx512_vnni.onnx"``; fastembed's name for the field).
 
         Raises ModelFileError, ManifestError or UnknownModelError naming what is missing or
         wrong, ProviderError for providers that cannot run, ValueError for bad arguments.
@@ -91,6 +99,8 @@ class Facade:
             cache_dir=cache_dir,
             revision=revision,
             local_files_only=local_files_only,
+            model_file=model_file,
+            precision=precision,
         )
         self.threads = env.default_threads() if threads is None else threads
         self.max_tokens = max_tokens

@@ -11,12 +11,15 @@ from __future__ import annotations
 import os
 from pathlib import Path
 
-from slimembed import env, registry
+from slimembed import env, registry, repos
 from slimembed.errors import ManifestError, ModelFileError, UnknownModelError
 from slimembed.manifest import MANIFEST_FILE, Manifest
 
 # Under the cache: registry models exported by `slimembed export NAME`.
 EXPORTED = "exported"
+# Fetched first from a hub repository: its manifest, or the configuration files that say
+# which layout it is and how it embeds (modules.json, 1_Pooling/config.json, tokenizer.json).
+METADATA = ("*.json",)
 
 
 def resolve_model(
@@ -25,32 +28,63 @@ def resolve_model(
     cache_dir: str | os.PathLike[str] | None = None,
     revision: str | None = None,
     local_files_only: bool = False,
+    model_file: str | None = None,
+    precision: str | None = None,
 ) -> Path:
-    """The slimembed model directory for ``model``: a local path, or a hub repository."""
+    """The folder that holds ``model``: a local path as it is; a registry name's export
+    directory; a hub repository's snapshot in the cache, holding the files loading it needs
+    (for a slimembed repository, those its manifest names; for another layout, its
+    configuration files and the graph or table ``repos.adopt`` will run)."""
     local = _local_dir(model)
     if local is not None:
         return local
     name = str(model)
     spec = registry.find(name)
-    if spec is not None and spec.name == name:
-        path = export_dir(name, cache_dir)
-        if exported(name, cache_dir):
-            return path
+    by_name = spec is not None and spec.name == name
+    if by_name and exported(name, cache_dir):
+        return export_dir(name, cache_dir)
+    # A registry model not exported here runs from a repository that ships it as ONNX: the
+    # one asked for first, then the registry's ONNX sources (Qwen/Qwen3-Embedding-0.6B holds
+    # PyTorch weights only; onnx-community's copy holds the graph).
+    if spec is None:
+        candidates = [_repo_id(name)]
+    elif by_name:
+        candidates = [*spec.onnx_sources, spec.source]
+    else:
+        candidates = [name, *(s for s in spec.onnx_sources if s != name)]
+    failures: list[ModelFileError] = []
+    for repo_id in candidates:
+        try:
+            return _fetch(repo_id, cache_dir, revision, local_files_only, model_file, precision)
+        except ModelFileError as err:
+            failures.append(err)
+    if by_name:
         raise UnknownModelError(
-            f"{name!r} is a known model that has not been exported here yet: run "
-            f"`slimembed export {name}` once (it needs the export extra, torch included) to "
-            f"write {path}; or load a model directory or a hub repository holding one"
+            f"{name!r} is a known model with no export here and no loadable ONNX repository "
+            f"({'; '.join(str(f) for f in failures)}): run `slimembed export {name}` once (it "
+            f"needs the export extra, torch included) to write {export_dir(name, cache_dir)}"
         )
-    repo_id = _repo_id(name)
-    first = _download(repo_id, cache_dir, revision, local_files_only, [MANIFEST_FILE])
-    manifest_path = first / MANIFEST_FILE
-    if not manifest_path.is_file():
-        raise ManifestError(
-            f"{repo_id} holds no {MANIFEST_FILE}: it is not a slimembed model repository "
-            f"(export it with `slimembed export {repo_id} DIR`)"
-        )
-    manifest = Manifest.load(first)
-    return _download(repo_id, cache_dir, revision, local_files_only, manifest_files(manifest))
+    raise failures[0]
+
+
+def _fetch(
+    repo_id: str,
+    cache_dir: str | os.PathLike[str] | None,
+    revision: str | None,
+    local_files_only: bool,
+    model_file: str | None,
+    precision: str | None,
+) -> Path:
+    """The snapshot of ``repo_id`` with what loading it needs: its manifest and the files it
+    names, or (another layout) its JSON files and the graph or table ``repos.adopt`` runs.
+    ModelFileError when it cannot be had or holds nothing the runtime can run."""
+    first = _download(repo_id, cache_dir, revision, local_files_only, list(METADATA))
+    if (first / MANIFEST_FILE).is_file():
+        manifest = Manifest.load(first)
+        return _download(repo_id, cache_dir, revision, local_files_only, manifest_files(manifest))
+    listing = _repo_files(repo_id, revision, first, local_files_only)
+    wanted = repos.files_to_fetch(first, listing, model_file, precision, repo_id)
+    return _download(repo_id, cache_dir, revision, local_files_only, wanted)
 
 
 # What to say when a model of one task is opened by the façade of the other.
@@ -68,13 +102,44 @@ def open_model(
     cache_dir: str | os.PathLike[str] | None = None,
     revision: str | None = None,
     local_files_only: bool = False,
+    model_file: str | None = None,
+    precision: str | None = None,
 ) -> tuple[Path, Manifest]:
-    """The model directory for ``model`` (as ``resolve_model``) and its manifest, which must
-    be of ``task`` (``"embed"`` or ``"rerank"``); ModelFileError otherwise."""
+    """The model directory for ``model`` and its manifest, which must be of ``task``
+    (``"embed"`` or ``"rerank"``); ModelFileError otherwise.
+
+    A folder without ``slimembed.json`` (a sentence-transformers, ONNX, model2vec or
+    StaticEmbedding repository) is adopted (``repos.adopt``): ``model_file`` or ``precision``
+    choose among its graphs. ``model_file`` is for such folders only (ValueError otherwise)."""
     model_dir = resolve_model(
-        model, cache_dir=cache_dir, revision=revision, local_files_only=local_files_only
+        model,
+        cache_dir=cache_dir,
+        revision=revision,
+        local_files_only=local_files_only,
+        model_file=model_file,
+        precision=precision,
     )
-    manifest = Manifest.load(model_dir)
+    if (model_dir / MANIFEST_FILE).is_file():
+        if model_file is not None:
+            raise ValueError(
+                f"model_file={model_file!r} chooses among the graphs of a repository without "
+                f"{MANIFEST_FILE}; {model_dir} is a slimembed model directory: pass precision="
+            )
+        manifest = Manifest.load(model_dir)
+    elif task == "embed":
+        model_dir, manifest = repos.adopt(
+            model_dir,
+            source_id=str(model),
+            revision=_snapshot_revision(model_dir),
+            model_file=model_file,
+            precision=precision,
+            cache_dir=cache_dir,
+        )
+    else:
+        raise ManifestError(
+            f"{model_dir} holds no {MANIFEST_FILE}: a reranker must be exported with "
+            f"`slimembed export SOURCE DIR --task rerank`"
+        )
     if manifest.task != task:
         raise ModelFileError(_WRONG_TASK[task].format(dir=model_dir, task=manifest.task))
     return model_dir, manifest
@@ -112,6 +177,28 @@ def snapshot(
     if local is not None:
         return local
     return _download(_repo_id(str(model)), cache_dir, revision, local_files_only, allow_patterns)
+
+
+def _snapshot_revision(model_dir: Path) -> str | None:
+    """The commit of a hub-cache snapshot (``.../snapshots/<commit>``), None for a folder."""
+    return model_dir.name if model_dir.parent.name == "snapshots" else None
+
+
+def _repo_files(
+    repo_id: str, revision: str | None, snapshot: Path, local_files_only: bool
+) -> list[str]:
+    """Every file of the repository: as the Hub lists them, or (offline) as the snapshot holds
+    them."""
+    from huggingface_hub import constants, list_repo_files
+
+    if not (local_files_only or constants.HF_HUB_OFFLINE):
+        from huggingface_hub.errors import HfHubHTTPError
+
+        try:
+            return list(list_repo_files(repo_id, revision=revision))
+        except (HfHubHTTPError, OSError):
+            pass  # unreachable now: what the cache holds is what can be loaded
+    return sorted(p.relative_to(snapshot).as_posix() for p in snapshot.rglob("*") if p.is_file())
 
 
 def _local_dir(model: str | os.PathLike[str]) -> Path | None:

@@ -168,6 +168,10 @@ class ModelSpec:
     normalize: bool | None = None
     padding_side: str | None = None
     attention: str | None = None
+    # Hub repositories that ship this model as ONNX graphs, tried in order when the model is
+    # asked for by name or by its source id and no export of it is here (the source itself
+    # is tried too where it ships an onnx/ folder).
+    onnx_sources: tuple[str, ...] = ()
 
     def __post_init__(self) -> None:
         if self.family not in FAMILIES:
@@ -207,6 +211,7 @@ class ModelSpec:
             "query": asdict(recipe.query),
             "document": asdict(recipe.document),
             "matryoshka_dims": list(self.matryoshka_dims),
+            "onnx_sources": list(self.onnx_sources),
             "license": self.license,
             "description": self.description,
         }
@@ -224,10 +229,11 @@ def register(spec: ModelSpec) -> ModelSpec:
 
 
 def find(name: str) -> ModelSpec | None:
-    """The spec registered under ``name`` or with ``name`` as its source id."""
+    """The spec registered under ``name``, or with ``name`` as its source id or one of its
+    ONNX sources."""
     if name in _MODELS:
         return _MODELS[name]
-    return next((s for s in _MODELS.values() if s.source == name), None)
+    return next((s for s in _MODELS.values() if name == s.source or name in s.onnx_sources), None)
 
 
 def get(name: str) -> ModelSpec:
@@ -310,8 +316,17 @@ for _spec in (
             "apache-2.0",
             f"Qwen3 {size} embedder, multilingual, instruction-aware, Matryoshka",
             _matryoshka(dim),
+            onnx_sources=onnx,
         )
-        for size, dim in (("0.6B", 1024), ("4B", 2560), ("8B", 4096))
+        for size, dim, onnx in (
+            (
+                "0.6B",
+                1024,
+                ("onnx-community/Qwen3-Embedding-0.6B-ONNX", "Qdrant/Qwen3-Embedding-0.6B-onnx"),
+            ),
+            ("4B", 2560, ()),
+            ("8B", 4096, ()),
+        )
     ),
     *(
         ModelSpec(

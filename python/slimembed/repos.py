@@ -1,0 +1,647 @@
+"""Model repositories that are not slimembed model directories, loaded without torch.
+
+The Hub is full of embedders that already ship what the runtime runs: ONNX graphs
+(sentence-transformers' ``onnx/`` folder, Transformers.js and Qdrant layouts with
+``model.onnx`` at the root) and static tables (model2vec, sentence-transformers
+``StaticEmbedding``). ``adopt`` reads such a folder's own configuration and gives the manifest
+that reproduces the source library, so no export step (and no PyTorch) is needed:
+
+- a graph repository runs from its snapshot as it is; the manifest is built from
+  ``modules.json``, ``1_Pooling/config.json``, ``sentence_bert_config.json``,
+  ``config_sentence_transformers.json``, ``tokenizer.json``/``tokenizer_config.json``,
+  ``config.json`` and the graph's declared inputs and outputs, and kept in the cache under
+  ``adopted/`` so that a second load reads one file;
+- a static repository's table is rewritten once into a static model directory under the
+  cache (the runtime's table layout), with the rules each library keeps;
+- a repository with PyTorch weights only is refused with the command that exports it.
+
+The sentence-transformers and static readers are the runtime's because they need JSON and
+numpy only; ``slimembed export`` reads sources through them too.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import shutil
+import tempfile
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from slimembed import _core, env, registry, tables
+from slimembed.errors import ManifestError, ModelFileError
+from slimembed.manifest import MANIFEST_FILE, Manifest, Prompt
+from slimembed.static_model import unknown_token_id, write_static_model
+
+# Under the cache: manifests built for graph repositories, static models converted from tables.
+ADOPTED = "adopted"
+# Model types whose base model is a causal decoder; everything else is an encoder.
+DECODER_TYPES = frozenset(
+    {
+        "gpt2", "gpt_neo", "gptj", "gpt_neox", "llama", "mistral", "mixtral", "qwen2",
+        "qwen2_moe", "qwen3", "qwen3_moe", "gemma", "gemma2", "gemma3_text", "phi", "phi3",
+        "olmo", "olmo2", "stablelm", "falcon", "bloom", "opt", "starcoder2",
+    }
+)  # fmt: skip
+# sentence-transformers pooling flags -> slimembed pooling modes.
+ST_POOLING = {
+    "pooling_mode_cls_token": "cls",
+    "pooling_mode_mean_tokens": "mean",
+    "pooling_mode_weightedmean_tokens": "weighted_mean",
+    "pooling_mode_lasttoken": "last_token",
+}
+ST_UNSUPPORTED = ("pooling_mode_max_tokens", "pooling_mode_mean_sqrt_len_tokens")
+ST_KNOWN_MODULES = ("Transformer", "Pooling", "Normalize")
+ST_STATIC = "StaticEmbedding"
+# Where repositories keep their graphs: sentence-transformers and Transformers.js in onnx/,
+# Qdrant's fastembed repositories at the root. The first that exists is the default graph.
+DEFAULT_GRAPHS = ("onnx/model.onnx", "model.onnx")
+# Graph outputs of per-token hidden states, as exporters name them.
+HIDDEN_OUTPUTS = ("last_hidden_state", "token_embeddings")
+# Graph file names that say their precision (everything else is taken as float32).
+_INT8_MARKS = ("qint8", "quint8", "int8", "uint8", "quantized")
+_FP16_MARKS = ("fp16", "float16")
+# Files that hold PyTorch weights: such a repository needs `slimembed export`.
+_WEIGHTS = ("model.safetensors", "pytorch_model.bin", "model.safetensors.index.json")
+# Positions past this are no limit a tokenizer config really means (transformers' "very large").
+_NO_LIMIT = 1_000_000
+
+
+def read_json(path: Path) -> Any:
+    """The JSON in ``path``; ModelFileError naming it when it cannot be read."""
+    try:
+        return json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as err:
+        raise ModelFileError(f"cannot read {path}: {err}") from err
+
+
+def is_decoder(config: dict[str, Any]) -> bool:
+    """Whether ``config.json`` describes a causal decoder (last-token models, left padding)."""
+    if config.get("model_type") in DECODER_TYPES:
+        return True
+    return any(str(a).endswith("ForCausalLM") for a in config.get("architectures") or ())
+
+
+@dataclass
+class SentenceTransformersConfig:
+    """What a sentence-transformers folder says about embedding with it."""
+
+    pooling: str | None = None
+    normalize: bool = False
+    include_prompt: bool = True
+    max_length: int | None = None
+    prompts: dict[str, str] = field(default_factory=dict)
+
+
+def read_sentence_transformers(model_dir: Path) -> SentenceTransformersConfig | None:
+    """The folder's sentence-transformers configuration; None when it has none
+    (no ``modules.json``). ModelFileError for modules or pooling modes slimembed lacks."""
+    modules_path = model_dir / "modules.json"
+    if not modules_path.is_file():
+        return None
+    st = SentenceTransformersConfig()
+    for module in _modules(modules_path):
+        kind = str(module.get("type", "")).rsplit(".", 1)[-1]
+        if kind not in ST_KNOWN_MODULES:
+            raise ModelFileError(
+                f"{modules_path}: module {module.get('type')!r} is not supported yet "
+                f"(supported: {ST_KNOWN_MODULES})"
+            )
+        if kind == "Normalize":
+            st.normalize = True
+        if kind == "Pooling":
+            pooling_path = model_dir / str(module.get("path", "")) / "config.json"
+            pooling_config = read_json(pooling_path)
+            st.pooling = _st_pooling(pooling_config, pooling_path)
+            st.include_prompt = bool(pooling_config.get("include_prompt", True))
+    bert_config = model_dir / "sentence_bert_config.json"
+    if bert_config.is_file():
+        st.max_length = read_json(bert_config).get("max_seq_length")
+    st_config = model_dir / "config_sentence_transformers.json"
+    if st_config.is_file():
+        st.prompts = dict(read_json(st_config).get("prompts") or {})
+    return st
+
+
+def _modules(path: Path) -> list[dict[str, Any]]:
+    modules = read_json(path)
+    if not isinstance(modules, list) or not all(isinstance(m, dict) for m in modules):
+        raise ModelFileError(f"{path}: expected a list of module objects")
+    return modules
+
+
+def _st_pooling(config: dict[str, Any], origin: Path) -> str:
+    unsupported = [k for k in ST_UNSUPPORTED if config.get(k)]
+    if unsupported:
+        raise ModelFileError(f"{origin}: pooling {unsupported} is not supported")
+    modes = [mode for key, mode in ST_POOLING.items() if config.get(key)]
+    if len(modes) != 1:
+        raise ModelFileError(
+            f"{origin}: expected exactly one pooling mode, found {modes or 'none'}"
+        )
+    return modes[0]
+
+
+# ----------------------------------------------------------------------------- static tables
+
+
+@dataclass
+class StaticSource:
+    """A static model as read from its source folder, in float32."""
+
+    kind: str  # "model2vec" or "sentence-transformers"
+    embeddings: np.ndarray  # (rows, dim)
+    tokenizer_file: Path
+    normalize: bool
+    skip_id: int | None = None
+    mapping: np.ndarray | None = None  # (vocab,) int64
+    weights: np.ndarray | None = None  # (vocab,) float32
+    int8_source: bool = False
+    # The table's precision as stored ("fp32", "fp16" or "int8").
+    precision: str = "fp32"
+
+
+def static_kind(model_dir: Path) -> str | None:
+    """ "model2vec", "sentence-transformers" (StaticEmbedding) or None for other folders.
+
+    model2vec folders also carry a modules.json for sentence-transformers; model2vec's own rules
+    (drop the unknown token) win for them, as the folder's maker intended.
+    """
+    config = model_dir / "config.json"
+    if (model_dir / "model.safetensors").is_file() and config.is_file():
+        data = read_json(config)
+        plain = data.get("model_type") == "model2vec" or not data.get("architectures")
+        if plain and "embeddings" in tables.tensor_names(model_dir / "model.safetensors"):
+            return "model2vec"
+    modules = model_dir / "modules.json"
+    if modules.is_file():
+        kinds = [str(m.get("type", "")).rsplit(".", 1)[-1] for m in _modules(modules)]
+        return "sentence-transformers" if ST_STATIC in kinds else None
+    return None
+
+
+def read_static(model_dir: Path, kind: str) -> StaticSource:
+    """The table, tokenizer and rules of a model2vec or StaticEmbedding folder.
+
+    model2vec: no special tokens, the unknown token dropped, ``mapping`` and ``weights`` apply,
+    ``normalize`` from config.json. StaticEmbedding: no special tokens, unknown tokens kept,
+    plain mean, a Normalize module means normalize."""
+    if kind == "model2vec":
+        tensors = tables.load(model_dir / "model.safetensors")
+        config = read_json(model_dir / "config.json")
+        table = tensors["embeddings"]
+        mapping = tensors.get("mapping")
+        weights = tensors.get("weights")
+        tokenizer_file = model_dir / "tokenizer.json"
+        return StaticSource(
+            kind=kind,
+            embeddings=table.astype(np.float32),
+            tokenizer_file=tokenizer_file,
+            normalize=bool(config.get("normalize", False)),
+            skip_id=unknown_token_id(tokenizer_file),
+            mapping=None if mapping is None else mapping.astype(np.int64),
+            weights=None if weights is None else weights.astype(np.float32),
+            int8_source=table.dtype == np.int8,
+            precision=_table_precision(table),
+        )
+    modules = _modules(model_dir / "modules.json")
+    static = next(m for m in modules if str(m.get("type", "")).endswith(ST_STATIC))
+    others = [str(m.get("type", "")).rsplit(".", 1)[-1] for m in modules if m is not static]
+    if set(others) - {"Normalize"}:
+        raise ModelFileError(
+            f"{model_dir}: modules {others} after StaticEmbedding are not supported"
+        )
+    folder = model_dir / str(static.get("path", ""))
+    tensors = tables.load(folder / "model.safetensors")
+    key = "embedding.weight" if "embedding.weight" in tensors else next(iter(tensors))
+    return StaticSource(
+        kind=kind,
+        embeddings=tensors[key].astype(np.float32),
+        tokenizer_file=folder / "tokenizer.json",
+        normalize="Normalize" in others,
+        precision=_table_precision(tensors[key]),
+    )
+
+
+def _table_precision(table: np.ndarray) -> str:
+    return {np.dtype(np.int8): "int8", np.dtype(np.float16): "fp16"}.get(table.dtype, "fp32")
+
+
+def static_tensors(source: StaticSource, precision: str) -> dict[str, np.ndarray]:
+    """The tensors of the runtime's ``embeddings.safetensors`` for ``precision``."""
+    tensors = tables.quantize(source.embeddings, precision, integer_rows=source.int8_source)
+    if source.mapping is not None:
+        tensors["mapping"] = source.mapping
+    if source.weights is not None:
+        tensors["weights"] = source.weights
+    return tensors
+
+
+# ----------------------------------------------------------------------------- adopting
+
+
+def adopt(
+    model_dir: Path,
+    *,
+    source_id: str,
+    revision: str | None = None,
+    model_file: str | None = None,
+    precision: str | None = None,
+    cache_dir: str | os.PathLike[str] | None = None,
+) -> tuple[Path, Manifest]:
+    """The model directory and manifest that run the repository folder ``model_dir``.
+
+    ``model_file`` picks a graph (fastembed's name for it, a path inside the folder); else
+    ``precision`` picks among the folder's graphs where one file matches, else the float32
+    graph runs. Raises ModelFileError when the folder holds nothing the runtime can run."""
+    kind = static_kind(model_dir)
+    if kind is not None:
+        if model_file is not None:
+            raise ValueError(f"{source_id} is a static model: it has no graph to choose")
+        return _adopt_static(model_dir, kind, source_id, revision, precision, cache_dir)
+    files = listing(model_dir)
+    graphs = graph_files(files)
+    if not graphs:
+        raise ManifestError(_nothing_to_run(model_dir, source_id, files))
+    graph = choose_graph(graphs, model_file, precision, source_id)
+    cached = _adopted_dir(model_dir, cache_dir) / (graph.replace("/", "%") + ".json")
+    if cached.is_file():
+        try:
+            return model_dir, Manifest.from_dict(read_json(cached), origin=str(cached))
+        except ModelFileError:
+            pass  # made by another slimembed version: build it again
+    manifest = graph_manifest(model_dir, graph, source_id, revision)
+    _write_atomically(cached, json.dumps(manifest.to_dict(), indent=2, ensure_ascii=False))
+    return model_dir, manifest
+
+
+def graph_files(listing: list[str]) -> list[str]:
+    """The ONNX graphs among a repository's files (``onnx/`` and the root), sorted."""
+    return sorted(
+        name
+        for name in listing
+        if name.endswith(".onnx")
+        and ("/" not in name or (name.startswith("onnx/") and name.count("/") == 1))
+    )
+
+
+def listing(model_dir: Path) -> list[str]:
+    """Every file under ``model_dir``, relative, as a repository lists them."""
+    return sorted(p.relative_to(model_dir).as_posix() for p in model_dir.rglob("*") if p.is_file())
+
+
+def files_to_fetch(
+    model_dir: Path,
+    files: list[str],
+    model_file: str | None,
+    precision: str | None,
+    source_id: str,
+) -> list[str]:
+    """What ``adopt`` needs of a repository beyond its JSON files (already in ``model_dir``),
+    given the repository's ``files``: a static table, or the chosen graph and its external
+    data. Only those are downloaded, never every graph a repository ships."""
+    config_path = model_dir / "config.json"
+    config = read_json(config_path) if config_path.is_file() else {}
+    if "model.safetensors" in files and (
+        config.get("model_type") == "model2vec" or not config.get("architectures")
+    ):
+        return ["*.json", "model.safetensors"]
+    modules = model_dir / "modules.json"
+    if modules.is_file():
+        for module in _modules(modules):
+            if str(module.get("type", "")).endswith(ST_STATIC):
+                return ["*.json", f"{module.get('path', '')}/*"]
+    graphs = graph_files(files)
+    if not graphs:
+        raise ManifestError(_nothing_to_run(model_dir, source_id, files))
+    graph = choose_graph(graphs, model_file, precision, source_id)
+    return ["*.json", graph, f"{graph}*", f"{graph.removesuffix('.onnx')}*data*"]
+
+
+def graph_precision(name: str) -> str:
+    """What a graph's file name says of its precision: ``int8``, ``fp16`` or ``fp32``."""
+    stem = Path(name).stem.lower()
+    if any(mark in stem for mark in _INT8_MARKS):
+        return "int8"
+    if any(mark in stem for mark in _FP16_MARKS):
+        return "fp16"
+    return "fp32"
+
+
+def choose_graph(
+    graphs: list[str],
+    model_file: str | None,
+    precision: str | None,
+    source_id: str,
+) -> str:
+    """The graph to run: ``model_file``, else the one graph of ``precision``, else the float32
+    default (``onnx/model.onnx``, else ``model.onnx``). ValueError naming the graphs there are
+    when the choice is missing or ambiguous."""
+    listing = f"{source_id} holds {graphs}"
+    if model_file is not None:
+        name = Path(model_file).as_posix()
+        if name not in graphs:
+            raise ValueError(f"model_file {model_file!r} is not a graph of {listing}")
+        return name
+    if precision is not None and precision != "fp32":
+        matching = [g for g in graphs if graph_precision(g) == precision]
+        if len(matching) != 1:
+            which = "none" if not matching else f"several ({matching})"
+            raise ValueError(
+                f"precision {precision!r}: {which} of the graphs match; {listing}: pass "
+                "model_file= to choose one"
+            )
+        return matching[0]
+    default = next((g for g in DEFAULT_GRAPHS if g in graphs), None)
+    if default is None:
+        floats = [g for g in graphs if graph_precision(g) == "fp32"]
+        if len(floats) != 1:
+            raise ValueError(f"no default graph ({DEFAULT_GRAPHS}): {listing}; pass model_file=")
+        default = floats[0]
+    return default
+
+
+def graph_manifest(model_dir: Path, graph: str, source_id: str, revision: str | None) -> Manifest:
+    """The manifest that runs ``graph`` of a sentence-transformers or ONNX repository folder
+    as its own configuration says: pooling, normalization, max length, prompts, padding."""
+    tokenizer_path = model_dir / "tokenizer.json"
+    if not tokenizer_path.is_file():
+        raise ModelFileError(
+            f"{source_id} has no tokenizer.json; slimembed needs a fast tokenizer file"
+        )
+    config_path = model_dir / "config.json"
+    config: dict[str, Any] = read_json(config_path) if config_path.is_file() else {}
+    st = read_sentence_transformers(model_dir)
+    decoder = is_decoder(config)
+    tokenizer_config = _tokenizer_config(model_dir)
+    tokenizer = _core.Tokenizer(tokenizer_path, piece_cache=False)
+    inputs, output, width = _graph_io(model_dir / graph)
+    # The repository's own configuration first; a registry entry fills what it leaves out.
+    spec = registry.find(source_id)
+    recipe = spec.recipe if spec else None
+    pooling = (st and st.pooling) or (recipe and recipe.pooling)
+    pooling = pooling or ("last_token" if decoder else None)
+    if pooling is None:
+        raise ManifestError(
+            f"{source_id} says nothing of pooling (no sentence-transformers Pooling module "
+            "in modules.json, no registry entry): export it with `slimembed export` and "
+            "--pooling"
+        )
+    normalize = st.normalize if st else bool(recipe and recipe.normalize)
+    dim = width or _config_width(config, source_id)
+    padding_side = tokenizer_config.get("padding_side") or (recipe and recipe.padding_side)
+    padding_side = padding_side or ("left" if decoder else "right")
+    if st and st.prompts:
+        query, document = _st_prompts(st)
+    elif recipe:
+        eos = _special_id(tokenizer, tokenizer_config, "eos_token")
+        query, document = (
+            _recipe_prompt(getattr(recipe, kind), tokenizer, eos) for kind in ("query", "document")
+        )
+    else:
+        query, document = _st_prompts(st)
+    max_length = (st and st.max_length) or (spec and spec.max_length) or None
+    return Manifest(
+        dim=dim,
+        pooling=pooling,
+        normalize=normalize,
+        max_length=_max_length(max_length, tokenizer_config, config),
+        padding_side=str(padding_side),
+        pad_id=_pad_id(tokenizer, tokenizer_config, tokenizer_path),
+        graph_file=graph,
+        graph_inputs=inputs,
+        graph_output=output,
+        precision=graph_precision(graph),
+        matryoshka_dims=tuple(d for d in (spec.matryoshka_dims if spec else ()) if d <= dim),
+        query=query,
+        document=document,
+        source={
+            "id": source_id,
+            "revision": revision,
+            "layout": "sentence-transformers" if st else "onnx",
+            "registry": spec.name if spec else None,
+            "files": [graph, "tokenizer.json"],
+            "architecture": (config.get("architectures") or [config.get("model_type")])[0],
+            "model_type": config.get("model_type"),
+            "adopted_by": "slimembed",
+        },
+    )
+
+
+def _recipe_prompt(recipe: registry.PromptRecipe, tokenizer: Any, eos: int | None) -> Prompt:
+    """A registry prompt with its inserted tokens as this tokenizer's ids: each token text's
+    first id, ``EOS`` as the end-of-sequence id (left out where the tokenizer appends it)."""
+    ids: dict[str, list[int]] = {"prefix": [], "suffix": []}
+    for where, tokens in (("prefix", recipe.prefix_tokens), ("suffix", recipe.suffix_tokens)):
+        for token in tokens:
+            if token == registry.EOS:
+                if eos is None:
+                    raise ManifestError("the recipe appends EOS but the tokenizer names none")
+                probe = tokenizer.encode(["a"], add_special_tokens=True).row(0)
+                if len(probe) and int(probe[-1]) == eos:
+                    continue
+                ids[where].append(eos)
+            else:
+                encoded = tokenizer.encode([token], add_special_tokens=False).row(0)
+                if not len(encoded):
+                    raise ManifestError(f"{token!r} encodes to no token")
+                ids[where].append(int(encoded[0]))
+    return Prompt(
+        template=recipe.template,
+        instruction=recipe.instruction,
+        exclude_instruction=recipe.exclude_instruction,
+        prefix_ids=tuple(ids["prefix"]),
+        suffix_ids=tuple(ids["suffix"]),
+    )
+
+
+def _graph_io(path: Path) -> tuple[tuple[str, ...], str, int | None]:
+    """The graph's inputs (KV-cache inputs as ``past_key_values``), its hidden-state output and
+    that output's width where the graph declares it."""
+    import onnxruntime as ort
+
+    from slimembed.manifest import GRAPH_INPUTS, PAST
+
+    options = ort.SessionOptions()
+    options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_DISABLE_ALL
+    try:
+        session = ort.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
+    except Exception as err:  # onnxruntime raises its own exception types for unreadable graphs
+        raise ModelFileError(f"{path} is not a loadable ONNX graph: {err}") from err
+    declared = [i.name for i in session.get_inputs()]
+    inputs = tuple(dict.fromkeys(PAST if n.startswith(PAST + ".") else n for n in declared))
+    unknown = [n for n in inputs if n not in GRAPH_INPUTS]
+    if unknown or not {"input_ids", "attention_mask"} <= set(inputs):
+        raise ModelFileError(
+            f"{path}: the runtime cannot feed this graph: it declares inputs {declared}; "
+            f"slimembed feeds {list(GRAPH_INPUTS[:-1])} and past_key_values.N.key/value"
+        )
+    outputs = {o.name: o for o in session.get_outputs()}
+    output = next((n for n in HIDDEN_OUTPUTS if n in outputs), None)
+    if output is None:
+        raise ModelFileError(
+            f"{path}: no per-token output ({HIDDEN_OUTPUTS}) among {sorted(outputs)}"
+        )
+    shape = outputs[output].shape
+    width = shape[2] if len(shape) == 3 and isinstance(shape[2], int) else None
+    return inputs, output, width
+
+
+def _config_width(config: dict[str, Any], source_id: str) -> int:
+    for key in ("hidden_size", "d_model", "n_embd"):
+        if isinstance(config.get(key), int):
+            return int(config[key])
+    raise ModelFileError(f"{source_id}: neither the graph nor config.json gives the hidden size")
+
+
+def _tokenizer_config(model_dir: Path) -> dict[str, Any]:
+    path = model_dir / "tokenizer_config.json"
+    data = read_json(path) if path.is_file() else {}
+    return data if isinstance(data, dict) else {}
+
+
+def _max_length(
+    chosen: int | None, tokenizer_config: dict[str, Any], config: dict[str, Any]
+) -> int | None:
+    """``chosen`` (sentence-transformers' max_seq_length or the registry's), else the
+    tokenizer's model_max_length, else the model's positions; never past the positions."""
+    positions = config.get("max_position_embeddings") or config.get("n_positions")
+    if not chosen:
+        model_max = tokenizer_config.get("model_max_length")
+        chosen = model_max if isinstance(model_max, int) and model_max < _NO_LIMIT else positions
+    if isinstance(chosen, int) and isinstance(positions, int):
+        chosen = min(chosen, positions)
+    return int(chosen) if isinstance(chosen, int) and chosen > 0 else None
+
+
+def _pad_id(tokenizer: Any, tokenizer_config: dict[str, Any], tokenizer_path: Path) -> int:
+    """The padding id tokenizer.json sets, else the pad token's, else EOS's, else 0 (as
+    transformers picks it; padded positions are masked, so only a graph's inputs see it)."""
+    padding = read_json(tokenizer_path).get("padding")
+    if isinstance(padding, dict) and isinstance(padding.get("pad_id"), int):
+        return int(padding["pad_id"])
+    for key in ("pad_token", "eos_token"):
+        found = _special_id(tokenizer, tokenizer_config, key)
+        if found is not None:
+            return found
+    return 0
+
+
+def _special_id(tokenizer: Any, tokenizer_config: dict[str, Any], key: str) -> int | None:
+    """The id of the special token ``tokenizer_config.json`` names under ``key``."""
+    token = tokenizer_config.get(key)
+    if isinstance(token, dict):
+        token = token.get("content")
+    if not isinstance(token, str):
+        return None
+    found = tokenizer.token_to_id(token)
+    return None if found is None else int(found)
+
+
+def _st_prompts(st: SentenceTransformersConfig | None) -> tuple[Prompt, Prompt]:
+    """sentence-transformers prompts are prefixes; as templates they precede ``{text}``."""
+    prompts = st.prompts if st else {}
+    exclude = bool(st and not st.include_prompt)
+    chosen = []
+    for prefix in (prompts.get("query"), prompts.get("document") or prompts.get("passage")):
+        chosen.append(
+            Prompt(template=prefix + "{text}", exclude_instruction=exclude) if prefix else Prompt()
+        )
+    return chosen[0], chosen[1]
+
+
+def _adopt_static(
+    model_dir: Path,
+    kind: str,
+    source_id: str,
+    revision: str | None,
+    precision: str | None,
+    cache_dir: str | os.PathLike[str] | None,
+) -> tuple[Path, Manifest]:
+    """A static model directory made from a model2vec or StaticEmbedding folder, once."""
+    source = read_static(model_dir, kind)
+    chosen = precision or source.precision
+    out = _adopted_dir(model_dir, cache_dir) / f"static-{chosen}"
+    if (out / MANIFEST_FILE).is_file():
+        return out, Manifest.load(out)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    staging = Path(tempfile.mkdtemp(prefix=out.name + ".", suffix=".partial", dir=out.parent))
+    try:
+        try:
+            tensors = static_tensors(source, chosen)
+        except ValueError as err:
+            raise ManifestError(f"{source_id}: {err}") from err
+        manifest = write_static_model(
+            staging,
+            tensors,
+            source.tokenizer_file,
+            precision=chosen,
+            normalize=source.normalize,
+            skip_id=source.skip_id,
+            source={
+                "id": source_id,
+                "revision": revision,
+                "layout": kind,
+                "architecture": f"static ({kind})",
+                "rows": len(source.embeddings),
+                "vocabulary": len(source.mapping)
+                if source.mapping is not None
+                else len(source.embeddings),
+                "adopted_by": "slimembed",
+            },
+        )
+        manifest.save(staging)
+        try:
+            staging.rename(out)
+        except OSError:
+            if not (out / MANIFEST_FILE).is_file():  # not made by another process first
+                raise
+    finally:
+        shutil.rmtree(staging, ignore_errors=True)
+    return out, Manifest.load(out)
+
+
+def _adopted_dir(model_dir: Path, cache_dir: str | os.PathLike[str] | None) -> Path:
+    """Where what slimembed makes for ``model_dir`` lives: ``<cache>/adopted/<repo>/<commit>``
+    for a hub snapshot (a commit never changes), ``<cache>/adopted/local/<key>`` for any other
+    folder."""
+    root = Path(cache_dir or env.cache_dir()) / ADOPTED
+    if model_dir.parent.name == "snapshots" and model_dir.parent.parent.name.startswith("models--"):
+        return root / model_dir.parent.parent.name / model_dir.name
+    # A local folder may change in place: its key covers each file's name, size and mtime.
+    key = hashlib.sha256(str(model_dir.resolve()).encode())
+    for name in listing(model_dir):
+        info = (model_dir / name).stat()
+        key.update(f"\0{name}\0{info.st_size}\0{info.st_mtime_ns}".encode())
+    return root / "local" / key.hexdigest()[:24]
+
+
+def _write_atomically(path: Path, text: str) -> None:
+    """Write ``text`` to ``path`` through a temporary file, so no reader sees half of it."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=path.name + ".", suffix=".partial", dir=path.parent)
+    try:
+        with os.fdopen(fd, "w", encoding="utf-8") as fh:
+            fh.write(text)
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+
+
+def _nothing_to_run(model_dir: Path, source_id: str, files: list[str]) -> str:
+    if any(name in files for name in _WEIGHTS):
+        return (
+            f"{source_id} holds PyTorch weights but no ONNX graph, slimembed manifest or "
+            f"static table: export it once with `slimembed export {source_id} DIR` (that "
+            "needs the export extra, torch included), then load DIR"
+        )
+    return (
+        f"{model_dir} is not a slimembed model directory nor a repository slimembed can load: "
+        f"no {MANIFEST_FILE}, no ONNX graph (onnx/*.onnx or *.onnx), no model2vec or "
+        "StaticEmbedding table"
+    )

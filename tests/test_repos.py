@@ -1,0 +1,219 @@
+"""Hugging Face repositories without a slimembed manifest, loaded by their hub id from a local
+hub cache with the hub offline, in a process that never imports torch.
+
+The sentence-transformers repository is all-MiniLM-L6-v2 (real weights) with ``onnx/model.onnx``
+exported as optimum exports it (``input_ids``, ``attention_mask``, ``token_type_ids`` ->
+``last_hidden_state``, no fusion) and ONNX Runtime's dynamic INT8 quantization of it under the
+name sentence-transformers gives that file.
+"""
+
+from __future__ import annotations
+
+import json
+import shutil
+import warnings
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pytest
+
+from slimembed import ModelFileError, TextEmbedding
+from slimembed.errors import ManifestError
+from tests import tiny
+from tests.hub_layout import embed_offline, hub_cache
+from tests.reference import cosine
+
+FP32_MIN = 0.99999
+QINT8 = "onnx/model_qint8_avx512_vnni.onnx"
+
+
+def _export_like_optimum(model_dir: Path, path: Path) -> None:
+    """A BERT model's ONNX graph as optimum's feature-extraction export names it."""
+    import torch
+    import transformers
+
+    model = transformers.AutoModel.from_pretrained(model_dir, dtype=torch.float32).eval()
+
+    class FeatureExtraction(torch.nn.Module):
+        def __init__(self) -> None:
+            super().__init__()
+            self.model = model
+
+        def forward(
+            self,
+            input_ids: torch.Tensor,
+            attention_mask: torch.Tensor,
+            token_type_ids: torch.Tensor,
+        ) -> torch.Tensor:
+            out = self.model(
+                input_ids=input_ids, attention_mask=attention_mask, token_type_ids=token_type_ids
+            )
+            hidden: torch.Tensor = out.last_hidden_state
+            return hidden
+
+    names = ["input_ids", "attention_mask", "token_type_ids"]
+    ids = torch.ones(2, 8, dtype=torch.int64)
+    # optimum exports with the TorchScript exporter, which torch now warns is legacy.
+    with torch.no_grad(), warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        _export(FeatureExtraction(), (ids, ids, torch.zeros_like(ids)), path, names)
+
+
+def _export(module: Any, args: tuple[Any, ...], path: Path, names: list[str]) -> None:
+    import torch
+
+    torch.onnx.export(
+        module,
+        args,
+        str(path),
+        input_names=names,
+        output_names=["last_hidden_state"],
+        dynamic_axes={
+            n: {0: "batch_size", 1: "sequence_length"} for n in [*names, "last_hidden_state"]
+        },
+        opset_version=17,
+        dynamo=False,
+    )
+
+
+@pytest.fixture(scope="module")
+def minilm_onnx_repo(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """The sentence-transformers folder of all-MiniLM-L6-v2 with its onnx/ folder, as the Hub
+    repository has it (PyTorch weights included, which the runtime must not need)."""
+    from onnxruntime.quantization import QuantType, quantize_dynamic
+
+    out = tmp_path_factory.mktemp("st-onnx") / "all-MiniLM-L6-v2"
+    shutil.copytree(tiny.minilm_source(), out)
+    (out / "onnx").mkdir()
+    _export_like_optimum(out, out / "onnx" / "model.onnx")
+    quantize_dynamic(
+        str(out / "onnx" / "model.onnx"), str(out / QINT8), weight_type=QuantType.QInt8
+    )
+    return out
+
+
+@pytest.mark.slow
+def test_sentence_transformers_onnx_repo_matches_sentence_transformers(
+    minilm_onnx_repo: Path, minilm_reference: tuple[list[str], np.ndarray], tmp_path: Path
+) -> None:
+    texts, want = minilm_reference
+    cache = tmp_path / "hub"
+    snapshot = hub_cache(cache, "sentence-transformers/all-MiniLM-L6-v2", minilm_onnx_repo)
+
+    got, report = embed_offline(
+        cache, "sentence-transformers/all-MiniLM-L6-v2", texts, tmp_path / "run"
+    )
+
+    assert report["torch"] == []
+    assert report["model_dir"] == str(snapshot)
+    assert report["graph_file"] == "onnx/model.onnx"
+    assert report["precision"] == "fp32"
+    cos = cosine(got, want)
+    assert cos.min() >= FP32_MIN, (cos.min(), texts[int(cos.argmin())][:80])
+    # The manifest built on the first load is kept beside the download for the next one.
+    kept = list((cache / "adopted").rglob("*.json"))
+    assert len(kept) == 1
+    manifest = json.loads(kept[0].read_text())
+    assert manifest["source"]["id"] == "sentence-transformers/all-MiniLM-L6-v2"
+    assert manifest["source"]["revision"] == snapshot.name
+    assert (manifest["pooling"], manifest["normalize"], manifest["max_length"]) == (
+        "mean",
+        True,
+        256,
+    )
+
+
+def test_a_repository_graph_is_chosen_by_file_or_by_precision(
+    minilm_onnx_repo: Path, tmp_path: Path
+) -> None:
+    cache = tmp_path / "hub"
+    snapshot = hub_cache(cache, "sentence-transformers/all-MiniLM-L6-v2", minilm_onnx_repo)
+    texts = ["a man is playing a guitar", "the cat sat on the mat", "Quantum chromodynamics"]
+    fp32 = TextEmbedding("sentence-transformers/all-MiniLM-L6-v2", cache_dir=cache)
+    by_file = TextEmbedding(
+        "sentence-transformers/all-MiniLM-L6-v2", cache_dir=cache, model_file=QINT8
+    )
+    by_precision = TextEmbedding(
+        "sentence-transformers/all-MiniLM-L6-v2", cache_dir=cache, precision="int8"
+    )
+
+    assert fp32.precision == "fp32"
+    assert fp32.manifest.graph_file == "onnx/model.onnx"
+    assert by_file.precision == "int8"
+    assert by_file.manifest.graph_file == QINT8
+    assert by_precision.manifest.graph_file == QINT8
+    np.testing.assert_array_equal(by_file.encode(texts), by_precision.encode(texts))
+    assert cosine(by_file.encode(texts), fp32.encode(texts)).min() > 0.9
+
+    shutil.copy(snapshot / QINT8, snapshot / "onnx" / "model_quint8_avx2.onnx")
+    with pytest.raises(ValueError, match="several") as info:
+        TextEmbedding("sentence-transformers/all-MiniLM-L6-v2", cache_dir=cache, precision="int8")
+    assert "model_file=" in str(info.value)
+    assert "model_quint8_avx2.onnx" in str(info.value)
+    with pytest.raises(ValueError, match="is not a graph of"):
+        TextEmbedding(
+            "sentence-transformers/all-MiniLM-L6-v2", cache_dir=cache, model_file="onnx/x.onnx"
+        )
+
+
+def test_a_local_folder_of_a_repository_loads_as_its_hub_id_does(
+    minilm_onnx_repo: Path, tmp_path: Path
+) -> None:
+    cache = tmp_path / "hub"
+    hub_cache(cache, "sentence-transformers/all-MiniLM-L6-v2", minilm_onnx_repo)
+    texts = ["hello world", "a second, longer text about embeddings"]
+    local = TextEmbedding(minilm_onnx_repo, cache_dir=tmp_path / "other")
+    by_id = TextEmbedding("sentence-transformers/all-MiniLM-L6-v2", cache_dir=cache)
+    np.testing.assert_array_equal(local.encode(texts), by_id.encode(texts))
+
+
+def test_pytorch_only_repository_names_the_export_command(
+    tiny_source: Callable[[str], Path], tmp_path: Path
+) -> None:
+    hub_cache(tmp_path, "acme/plain-bert", tiny_source("bert"))
+    with pytest.raises(ModelFileError, match="PyTorch weights") as info:
+        TextEmbedding("acme/plain-bert", cache_dir=tmp_path)
+    assert "slimembed export acme/plain-bert" in str(info.value)
+    assert not (tmp_path / "adopted").exists()
+
+
+def test_graphs_the_runtime_cannot_run_are_refused_naming_the_file(
+    minilm_onnx_repo: Path, tmp_path: Path
+) -> None:
+    import onnx
+    from onnx import TensorProto, helper
+
+    folder = tmp_path / "repo"
+    shutil.copytree(minilm_onnx_repo, folder, ignore=shutil.ignore_patterns("*.onnx"))
+    (folder / "onnx").mkdir(exist_ok=True)
+    # Inputs the runner has no way to feed: the error lists what the graph declares.
+    inputs = [
+        helper.make_tensor_value_info(n, TensorProto.INT64, ["b", "s"])
+        for n in ("input_ids", "attention_mask", "pixel_values")
+    ]
+    out = helper.make_tensor_value_info("last_hidden_state", TensorProto.FLOAT, ["b", "s", 4])
+    node = helper.make_node("Cast", ["input_ids"], ["last_hidden_state"], to=TensorProto.FLOAT)
+    graph = helper.make_graph([node], "g", inputs, [out])
+    onnx.save(helper.make_model(graph), str(folder / "onnx" / "model.onnx"))
+    with pytest.raises(ModelFileError, match="pixel_values") as info:
+        TextEmbedding(folder, cache_dir=tmp_path / "cache")
+    assert "model.onnx" in str(info.value)
+
+    # A truncated graph: ModelFileError naming it, and nothing left in the cache.
+    data = (minilm_onnx_repo / "onnx" / "model.onnx").read_bytes()
+    (folder / "onnx" / "model.onnx").write_bytes(data[: len(data) // 3])
+    with pytest.raises(ModelFileError, match=r"model\.onnx"):
+        TextEmbedding(folder, cache_dir=tmp_path / "cache")
+    assert not list((tmp_path / "cache").rglob("*.json"))
+
+
+def test_a_repository_without_pooling_information_says_what_to_do(
+    minilm_onnx_repo: Path, tmp_path: Path
+) -> None:
+    folder = tmp_path / "repo"
+    shutil.copytree(minilm_onnx_repo, folder, ignore=shutil.ignore_patterns(QINT8.split("/")[1]))
+    (folder / "modules.json").unlink()
+    with pytest.raises(ManifestError, match="pooling"):
+        TextEmbedding(folder, cache_dir=tmp_path / "cache")
