@@ -217,3 +217,33 @@ def test_a_repository_without_pooling_information_says_what_to_do(
     (folder / "modules.json").unlink()
     with pytest.raises(ManifestError, match="pooling"):
         TextEmbedding(folder, cache_dir=tmp_path / "cache")
+
+
+def test_a_root_graph_with_external_data_loads_from_the_hub_cache(
+    minilm_onnx_repo: Path, tmp_path: Path
+) -> None:
+    """Qdrant's layout: model.onnx at the root with its weights in model.onnx_data, both
+    symlinks into blobs/ under hash names as the hub cache stores them."""
+    import onnx
+
+    folder = tmp_path / "qdrant-style"
+    shutil.copytree(minilm_onnx_repo, folder, ignore=shutil.ignore_patterns("onnx"))
+    graph = onnx.load(str(minilm_onnx_repo / "onnx" / "model.onnx"))
+    onnx.save_model(
+        graph,
+        str(folder / "model.onnx"),
+        save_as_external_data=True,
+        all_tensors_to_one_file=True,
+        location="model.onnx_data",
+        size_threshold=1024,
+    )
+    assert (folder / "model.onnx_data").stat().st_size > (folder / "model.onnx").stat().st_size
+    cache = tmp_path / "hub"
+    hub_cache(cache, "acme/minilm-onnx", folder)
+    texts = ["hello world", "a second, longer text about embeddings"]
+
+    model = TextEmbedding("acme/minilm-onnx", cache_dir=cache)
+
+    assert model.manifest.graph_file == "model.onnx"
+    want = TextEmbedding(minilm_onnx_repo, cache_dir=tmp_path / "other").encode(texts)
+    np.testing.assert_allclose(model.encode(texts), want, atol=1e-6)
