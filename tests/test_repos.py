@@ -247,3 +247,23 @@ def test_a_root_graph_with_external_data_loads_from_the_hub_cache(
     assert model.manifest.graph_file == "model.onnx"
     want = TextEmbedding(minilm_onnx_repo, cache_dir=tmp_path / "other").encode(texts)
     np.testing.assert_allclose(model.encode(texts), want, atol=1e-6)
+
+
+def test_info_says_which_graph_of_a_repository_runs_and_why(
+    minilm_onnx_repo: Path, tmp_path: Path
+) -> None:
+    from click.testing import CliRunner
+
+    from slimembed.cli import main
+
+    env = {"SLIMEMBED_CACHE_DIR": str(tmp_path / "cache")}
+    default = CliRunner(env=env).invoke(main, ["info", str(minilm_onnx_repo)])
+    chosen = CliRunner(env=env).invoke(main, ["info", str(minilm_onnx_repo), "--model-file", QINT8])
+
+    assert default.exit_code == 0, default.output
+    assert '"pooling": "mean"' in default.output
+    assert "onnx/model.onnx (the float32 default" in default.output
+    assert f"also here: {QINT8} (int8" in default.output
+    assert chosen.exit_code == 0, chosen.output
+    assert f"{QINT8} (model_file=" in chosen.output
+    assert "also here: onnx/model.onnx (fp32" in chosen.output

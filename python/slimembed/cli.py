@@ -384,13 +384,31 @@ def models() -> None:
 
 
 @main.command()
-@click.argument("model_dir", type=click.Path(exists=True, file_okay=False, path_type=Path))
-def info(model_dir: Path) -> None:
-    """Print the manifest of MODEL_DIR: pooling, prompts, limits, source and parity figures."""
-    from slimembed.manifest import Manifest
+@click.argument("model")
+@click.option("--model-file", default=None, help="For a repository: the graph to describe.")
+@click.option("--precision", default=None, help="For a repository: the precision to pick.")
+def info(model: str, model_file: str | None, precision: str | None) -> None:
+    """Print the manifest slimembed runs MODEL with: pooling, prompts, limits, source and
+    parity figures. MODEL is anything TextEmbedding takes; for a repository without a
+    slimembed manifest, also which graph runs and which other graphs it holds."""
+    from slimembed import repos
 
     try:
-        manifest = Manifest.load(model_dir)
-    except SlimembedError as err:
+        model_dir, manifest = hub.open_model(
+            model, task=None, model_file=model_file, precision=precision
+        )
+    except (SlimembedError, ValueError) as err:
         raise click.ClickException(str(err)) from err
     click.echo(json.dumps(manifest.to_dict(), indent=2, ensure_ascii=False))
+    if manifest.source.get("adopted_by") and manifest.graph_file is not None:
+        why = (
+            f"model_file={model_file!r}"
+            if model_file
+            else f"precision={precision!r}"
+            if precision
+            else f"the float32 default ({' or '.join(repos.DEFAULT_GRAPHS)})"
+        )
+        click.echo(f"runs {model_dir / manifest.graph_file} ({why})")
+        graphs = repos.graph_files(repos.listing(model_dir))
+        for graph in (g for g in graphs if g != manifest.graph_file):
+            click.echo(f"also here: {graph} ({repos.graph_precision(graph)}; --model-file {graph})")

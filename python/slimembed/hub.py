@@ -98,7 +98,7 @@ _WRONG_TASK = {
 def open_model(
     model: str | os.PathLike[str],
     *,
-    task: str,
+    task: str | None,
     cache_dir: str | os.PathLike[str] | None = None,
     revision: str | None = None,
     local_files_only: bool = False,
@@ -106,7 +106,7 @@ def open_model(
     precision: str | None = None,
 ) -> tuple[Path, Manifest]:
     """The model directory for ``model`` and its manifest, which must be of ``task``
-    (``"embed"`` or ``"rerank"``); ModelFileError otherwise.
+    (``"embed"`` or ``"rerank"``; ``None``: either); ModelFileError otherwise.
 
     A folder without ``slimembed.json`` (a sentence-transformers, ONNX, model2vec or
     StaticEmbedding repository) is adopted (``repos.adopt``): ``model_file`` or ``precision``
@@ -126,7 +126,7 @@ def open_model(
                 f"{MANIFEST_FILE}; {model_dir} is a slimembed model directory: pass precision="
             )
         manifest = Manifest.load(model_dir)
-    elif task == "embed":
+    elif task != "rerank":
         model_dir, manifest = repos.adopt(
             model_dir,
             source_id=str(model),
@@ -140,7 +140,7 @@ def open_model(
             f"{model_dir} holds no {MANIFEST_FILE}: a reranker must be exported with "
             f"`slimembed export SOURCE DIR --task rerank`"
         )
-    if manifest.task != task:
+    if task is not None and manifest.task != task:
         raise ModelFileError(_WRONG_TASK[task].format(dir=model_dir, task=manifest.task))
     return model_dir, manifest
 
