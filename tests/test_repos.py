@@ -78,6 +78,82 @@ def _export(module: Any, args: tuple[Any, ...], path: Path, names: list[str]) ->
     )
 
 
+def _export_with_kv_cache(model_dir: Path, path: Path) -> None:
+    """A causal LM's base model as onnx-community exports it for feature extraction:
+    ``input_ids``, ``attention_mask``, ``position_ids`` and ``past_key_values.N.key/value``
+    in; ``last_hidden_state`` and ``present.N.key/value`` out."""
+    import torch
+    import transformers
+
+    model = transformers.AutoModel.from_pretrained(model_dir, dtype=torch.float32).eval()
+    config = model.config
+    layers, heads, head_dim = (
+        config.num_hidden_layers,
+        config.num_key_value_heads,
+        config.head_dim,
+    )
+
+    class WithCache(torch.nn.Module):
+        def __init__(self) -> None:
+            super().__init__()
+            self.model = model
+
+        def forward(
+            self,
+            input_ids: torch.Tensor,
+            attention_mask: torch.Tensor,
+            position_ids: torch.Tensor,
+            *past: torch.Tensor,
+        ) -> tuple[torch.Tensor, ...]:
+            cache = transformers.DynamicCache()
+            for i in range(layers):
+                cache.update(past[2 * i], past[2 * i + 1], i)
+            out = self.model(
+                input_ids=input_ids,
+                attention_mask=attention_mask,
+                position_ids=position_ids,
+                past_key_values=cache,
+                use_cache=True,
+            )
+            layers_out = out.past_key_values.layers
+            present = [t for layer in layers_out for t in (layer.keys, layer.values)]
+            return (out.last_hidden_state, *present)
+
+    batch, seq = 2, 5
+    ids = torch.ones(batch, seq, dtype=torch.int64)
+    mask = torch.ones(batch, seq, dtype=torch.int64)
+    mask[1, :2] = 0  # left padding in the traced batch, so the mask path is traced
+    positions = (mask.cumsum(-1) - 1).clamp(min=0)
+    inputs = ["input_ids", "attention_mask", "position_ids"]
+    outputs = ["last_hidden_state"]
+    axes = {
+        "input_ids": {0: "batch_size", 1: "sequence_length"},
+        "attention_mask": {0: "batch_size", 1: "total_sequence_length"},
+        "position_ids": {0: "batch_size", 1: "sequence_length"},
+        "last_hidden_state": {0: "batch_size", 1: "sequence_length"},
+    }
+    past = []
+    for i in range(layers):
+        for kind in ("key", "value"):
+            past.append(torch.zeros(batch, heads, 0, head_dim))
+            inputs.append(f"past_key_values.{i}.{kind}")
+            outputs.append(f"present.{i}.{kind}")
+            axes[inputs[-1]] = {0: "batch_size", 2: "past_sequence_length"}
+            axes[outputs[-1]] = {0: "batch_size", 2: "total_sequence_length"}
+    with torch.no_grad(), warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        torch.onnx.export(
+            WithCache(),
+            (ids, mask, positions, *past),
+            str(path),
+            input_names=inputs,
+            output_names=outputs,
+            dynamic_axes=axes,
+            opset_version=17,
+            dynamo=False,
+        )
+
+
 @pytest.fixture(scope="module")
 def minilm_onnx_repo(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """The sentence-transformers folder of all-MiniLM-L6-v2 with its onnx/ folder, as the Hub
@@ -267,3 +343,34 @@ def test_info_says_which_graph_of_a_repository_runs_and_why(
     assert chosen.exit_code == 0, chosen.output
     assert f"{QINT8} (model_file=" in chosen.output
     assert "also here: onnx/model.onnx (fp32" in chosen.output
+
+
+def test_a_causal_lm_graph_with_a_kv_cache_embeds_as_its_family(
+    tiny_source: Callable[[str], Path], tmp_path: Path
+) -> None:
+    """onnx-community's layout of Qwen3-Embedding: a tiny random Qwen3 exported with KV-cache
+    inputs and position ids, no sentence-transformers configuration. The registry entry of
+    the repository (Qwen3-Embedding-0.6B's ONNX source) supplies the family's last-token
+    pooling, normalization and query instruction; vectors match the family's original code
+    for queries and documents, batched with left padding."""
+    from tests import families, reference
+
+    source = tiny_source("qwen3-embedding")
+    folder = tmp_path / "repo"
+    shutil.copytree(source, folder, ignore=shutil.ignore_patterns("*.safetensors"))
+    (folder / "onnx").mkdir()
+    _export_with_kv_cache(source, folder / "onnx" / "model.onnx")
+    cache = tmp_path / "hub"
+    hub_cache(cache, "onnx-community/Qwen3-Embedding-0.6B-ONNX", folder)
+    texts = reference.mixed_texts()
+
+    model = TextEmbedding("Qwen3-Embedding-0.6B", cache_dir=cache)
+
+    assert model.manifest.source["id"] == "onnx-community/Qwen3-Embedding-0.6B-ONNX"
+    assert "past_key_values" in model.manifest.graph_inputs
+    assert (model.manifest.pooling, model.manifest.normalize) == ("last_token", True)
+    for kind in ("query", "document"):
+        want = families.embed("qwen3-embedding", source, texts, kind, 512, "left")
+        assert reference.cosine(want[:-2], want[1:-1]).min() < 0.99, kind
+        got = model.encode(texts, batch_size=len(texts), prompt=kind)
+        assert cosine(got, want).min() >= FP32_MIN, kind

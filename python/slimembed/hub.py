@@ -129,7 +129,7 @@ def open_model(
     elif task != "rerank":
         model_dir, manifest = repos.adopt(
             model_dir,
-            source_id=str(model),
+            source_id=_snapshot_repo(model_dir) or str(model),
             revision=_snapshot_revision(model_dir),
             model_file=model_file,
             precision=precision,
@@ -177,6 +177,15 @@ def snapshot(
     if local is not None:
         return local
     return _download(_repo_id(str(model)), cache_dir, revision, local_files_only, allow_patterns)
+
+
+def _snapshot_repo(model_dir: Path) -> str | None:
+    """The repository id of a hub-cache snapshot (``models--org--name/snapshots/<commit>``),
+    None for any other folder."""
+    repo = model_dir.parent.parent.name
+    if model_dir.parent.name != "snapshots" or not repo.startswith("models--"):
+        return None
+    return repo.removeprefix("models--").replace("--", "/", 1)
 
 
 def _snapshot_revision(model_dir: Path) -> str | None:
