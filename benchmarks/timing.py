@@ -114,12 +114,20 @@ def _memory_gib() -> float | None:
     return None
 
 
+# CPU flags that change which ONNX Runtime kernels run (INT8 above all): recorded with every
+# speed figure, since this project's machines differ from one session to the next.
+SIMD_FLAGS = ("avx2", "avx512f", "avx512_vnni", "avx_vnni", "avx512_bf16", "amx_int8")
+
+
 def machine() -> dict[str, Any]:
     cpu = platform.processor() or platform.machine()
+    flags: set[str] = set()
     try:
         for line in Path("/proc/cpuinfo").read_text().splitlines():
             if line.startswith("model name"):
                 cpu = line.split(":", 1)[1].strip()
+            elif line.startswith("flags"):
+                flags = set(line.split(":", 1)[1].split())
                 break
     except OSError:
         pass
@@ -135,6 +143,7 @@ def machine() -> dict[str, Any]:
         revision = "unknown"
     return {
         "cpu": cpu,
+        "cpu_flags": [f for f in SIMD_FLAGS if f in flags],
         "cores": os.cpu_count(),
         "memory_gib": _memory_gib(),
         "system": f"{platform.system()} {platform.release()} {platform.machine()}",

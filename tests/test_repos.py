@@ -14,11 +14,11 @@ import shutil
 import warnings
 from collections.abc import Callable
 from pathlib import Path
-from typing import Any
 
 import numpy as np
 import pytest
 
+from benchmarks.hub_load import QINT8, sentence_transformers_onnx_repo
 from slimembed import ModelFileError, TextEmbedding
 from slimembed.errors import ManifestError
 from tests import tiny
@@ -26,56 +26,6 @@ from tests.hub_layout import embed_offline, hub_cache
 from tests.reference import cosine
 
 FP32_MIN = 0.99999
-QINT8 = "onnx/model_qint8_avx512_vnni.onnx"
-
-
-def _export_like_optimum(model_dir: Path, path: Path) -> None:
-    """A BERT model's ONNX graph as optimum's feature-extraction export names it."""
-    import torch
-    import transformers
-
-    model = transformers.AutoModel.from_pretrained(model_dir, dtype=torch.float32).eval()
-
-    class FeatureExtraction(torch.nn.Module):
-        def __init__(self) -> None:
-            super().__init__()
-            self.model = model
-
-        def forward(
-            self,
-            input_ids: torch.Tensor,
-            attention_mask: torch.Tensor,
-            token_type_ids: torch.Tensor,
-        ) -> torch.Tensor:
-            out = self.model(
-                input_ids=input_ids, attention_mask=attention_mask, token_type_ids=token_type_ids
-            )
-            hidden: torch.Tensor = out.last_hidden_state
-            return hidden
-
-    names = ["input_ids", "attention_mask", "token_type_ids"]
-    ids = torch.ones(2, 8, dtype=torch.int64)
-    # optimum exports with the TorchScript exporter, which torch now warns is legacy.
-    with torch.no_grad(), warnings.catch_warnings():
-        warnings.simplefilter("ignore")
-        _export(FeatureExtraction(), (ids, ids, torch.zeros_like(ids)), path, names)
-
-
-def _export(module: Any, args: tuple[Any, ...], path: Path, names: list[str]) -> None:
-    import torch
-
-    torch.onnx.export(
-        module,
-        args,
-        str(path),
-        input_names=names,
-        output_names=["last_hidden_state"],
-        dynamic_axes={
-            n: {0: "batch_size", 1: "sequence_length"} for n in [*names, "last_hidden_state"]
-        },
-        opset_version=17,
-        dynamo=False,
-    )
 
 
 def _export_with_kv_cache(model_dir: Path, path: Path) -> None:
@@ -158,16 +108,8 @@ def _export_with_kv_cache(model_dir: Path, path: Path) -> None:
 def minilm_onnx_repo(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """The sentence-transformers folder of all-MiniLM-L6-v2 with its onnx/ folder, as the Hub
     repository has it (PyTorch weights included, which the runtime must not need)."""
-    from onnxruntime.quantization import QuantType, quantize_dynamic
-
     out = tmp_path_factory.mktemp("st-onnx") / "all-MiniLM-L6-v2"
-    shutil.copytree(tiny.minilm_source(), out)
-    (out / "onnx").mkdir()
-    _export_like_optimum(out, out / "onnx" / "model.onnx")
-    quantize_dynamic(
-        str(out / "onnx" / "model.onnx"), str(out / QINT8), weight_type=QuantType.QInt8
-    )
-    return out
+    return sentence_transformers_onnx_repo(tiny.minilm_source(), out)
 
 
 @pytest.mark.slow
