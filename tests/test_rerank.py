@@ -14,7 +14,7 @@ import transformers
 
 from benchmarks.rerank_speed import sgpt_scores
 from slimembed import Manifest, TextCrossEncoder, TextEmbedding, retrieve_then_rerank
-from slimembed.errors import ModelFileError
+from slimembed.errors import ModelFileError, TooLongError
 from slimembed_export import ExportError, ExportOptions, export_model
 from tests import reference, tiny
 
@@ -91,8 +91,16 @@ def test_rerank_api_order_mean_and_errors(rerankers: dict) -> None:  # type: ign
     assert list(reranker.rerank(query, [])) == []
     with pytest.raises(ValueError, match="no tokens"):
         list(reranker.rerank("", docs))
-    with pytest.raises(ValueError, match="never cut"):
-        list(reranker.rerank(" ".join(["guitar"] * 200), docs))
+    # A query past the max length is never cut: TooLongError (a ValueError) names its pair,
+    # counted over the whole input.
+    long_query = " ".join(["guitar"] * 200)
+    with pytest.raises(TooLongError, match=r"query of pair 0 .* never cut") as caught:
+        list(reranker.rerank(long_query, docs))
+    assert isinstance(caught.value, ValueError)
+    assert caught.value.index == 0
+    with pytest.raises(TooLongError, match="pair 2") as caught:
+        list(reranker.rerank_pairs([(query, "a"), (query, "b"), (long_query, "c")]))
+    assert caught.value.index == 2
     with pytest.raises(TypeError, match=r"texts\[1\]"):
         list(reranker.rerank(query, ["ok", None]))  # type: ignore[list-item]
     with pytest.raises(ModelFileError, match="TextCrossEncoder"):

@@ -222,12 +222,18 @@ def test_bad_requests_get_their_status_and_a_clear_message(
         ("/embed", {"inputs": [None]}, 422, "inputs[0]"),
         ("/embed", {"inputs": "a", "prompt_name": "title"}, 422, "prompt_name"),
         ("/rerank", {"query": 3, "texts": ["a"]}, 422, "query"),
+        ("/rerank", {"query": long_text, "texts": ["a"]}, 413, "queries are never cut"),
+        ("/embed", {"inputs": "a", "model": "bert", "normalize": False}, 422, "normalize=false"),
     ]
     for path, body, status, message in cases:
         got, _, answer = call(url + path, body)
         assert got == status, (path, body, answer)
         text = answer["error"]["message"] if path.startswith("/v1/") else answer["error"]
         assert message in text, (path, body, answer)
+    # A query too long to score is TEI's payload error, told by its type, not its wording.
+    status, _, answer = call(url + "/rerank", {"query": long_text, "texts": ["a", "b"]})
+    assert (status, answer["error_type"]) == (413, "Validation")
+    assert "query of pair 0" in answer["error"]
     # truncate=true embeds the long text, cut as TextEmbedding cuts it.
     status, _, got = call(
         url + "/embed", {"inputs": [long_text], "model": "bert", "truncate": True}
@@ -314,7 +320,8 @@ def test_a_full_queue_answers_429_with_retry_after(models: dict[str, Any]) -> No
 
 def test_batcher_drops_the_jobs_of_requests_that_went_away(models: dict[str, Any]) -> None:
     async def scenario() -> None:
-        batcher = Batcher(models["bert"], max_queued=2)
+        drops: list[None] = []
+        batcher = Batcher(models["bert"], max_queued=2, on_drop=lambda: drops.append(None))
         batcher.start()
         # The first job runs; the second waits in the queue and its client goes away.
         first = asyncio.ensure_future(batcher.embed(TEXTS * 4))
@@ -327,11 +334,110 @@ def test_batcher_drops_the_jobs_of_requests_that_went_away(models: dict[str, Any
         second.cancel()
         await asyncio.sleep(0)
         assert batcher.depth == 1
+        assert len(drops) == 1
         vectors, _ = await first
         assert vectors.shape == (len(TEXTS) * 4, models["bert"].embedding_size)
         await batcher.stop()
 
     asyncio.run(scenario())
+
+
+class GatedEmbedding(TextEmbedding):
+    """A TextEmbedding whose ``encode`` records its texts, then waits (60 s at most) until
+    ``gate`` is set: the worker stays busy for as long as the test needs, without timing."""
+
+    gate: threading.Event
+    seen: list[str]
+
+    def encode(self, texts: Any, *args: Any, **kwargs: Any) -> Any:
+        self.seen.extend(texts)
+        assert self.gate.wait(60), "the test never opened the gate"
+        return super().encode(texts, *args, **kwargs)
+
+
+class GatedReranker(TextCrossEncoder):
+    """As GatedEmbedding, for ``rerank``'s documents."""
+
+    gate: threading.Event
+    seen: list[str]
+
+    def rerank(self, query: str, documents: Any, *args: Any, **kwargs: Any) -> Any:
+        self.seen.extend(documents)
+        assert self.gate.wait(60), "the test never opened the gate"
+        return super().rerank(query, documents, *args, **kwargs)
+
+
+def _wait_until(check: Callable[[], bool], what: str, seconds: float = 30) -> None:
+    deadline = time.monotonic() + seconds
+    for _ in range(int(seconds / 0.02)):
+        if check():
+            return
+        if time.monotonic() > deadline:
+            break
+        time.sleep(0.02)
+    raise AssertionError(f"timed out waiting until {what}")
+
+
+@pytest.mark.parametrize("route", ["/embed", "/rerank"])
+def test_a_client_that_hangs_up_while_queued_frees_its_place(
+    route: str, models: dict[str, Any]
+) -> None:
+    """Over HTTP: a request whose client closes the connection while its job waits is dropped
+    (never run, counted in /metrics) and its place in the queue goes to the next request."""
+    model: GatedEmbedding | GatedReranker
+    if route == "/embed":
+        name = "bert"
+        model = GatedEmbedding(models[name].model_dir, threads=1)
+
+        def body(text: str) -> dict[str, Any]:
+            return {"inputs": [text]}
+    else:
+        name = "reranker"
+        model = GatedReranker(models[name].model_dir, threads=1)
+
+        def body(text: str) -> dict[str, Any]:
+            return {"query": "who plays", "texts": [text]}
+
+    model.gate, model.seen = threading.Event(), []
+    app = create_app({name: model}, ServeSettings(max_concurrent_requests=2))
+    dropped = f'slimembed_dropped_requests_total{{model="{name}"}}'
+    with Running(app) as running, ThreadPoolExecutor(2) as pool:
+        try:
+            url = running.url
+            # The first request runs and holds the worker at the gate.
+            first = pool.submit(call, url + route, body("first"))
+            _wait_until(lambda: _queued(url) == 1, "the first request runs")
+            # The second waits behind it; its client sends it whole, then hangs up.
+            payload = json.dumps(body("gone")).encode()
+            head = (
+                f"POST {route} HTTP/1.1\r\nHost: 127.0.0.1\r\n"
+                f"Content-Type: application/json\r\nContent-Length: {len(payload)}\r\n\r\n"
+            )
+            with socket.create_connection(("127.0.0.1", running.port), timeout=10) as client:
+                client.sendall(head.encode() + payload)
+                _wait_until(lambda: _queued(url) == 2, "the second request is queued")
+            _wait_until(lambda: _metric(running, dropped) == 1, "the second job is dropped")
+            assert _queued(url) == 1  # the running job alone
+            # Its place is free: with two places, a third request is queued, not refused.
+            third = pool.submit(call, url + route, body("third"))
+            _wait_until(lambda: _queued(url) == 2, "the third request is queued")
+        finally:
+            model.gate.set()
+        assert first.result(timeout=60)[0] == 200
+        assert third.result(timeout=60)[0] == 200
+        _wait_until(lambda: _queued(url) == 0, "the queue is empty")
+    assert model.seen == ["first", "third"]  # the abandoned job never ran
+
+
+def test_serve_loads_a_directory_with_the_class_its_task_names(models: dict[str, Any]) -> None:
+    from slimembed.serve.cli import load_model
+
+    reranker = load_model(str(models["reranker"].model_dir), threads=1)
+    assert isinstance(reranker, TextCrossEncoder)
+    assert reranker.model_name == str(models["reranker"].model_dir)
+    embedder = load_model(str(models["bert"].model_dir), threads=1, precision=None)
+    assert isinstance(embedder, TextEmbedding)
+    np.testing.assert_array_equal(embedder.encode(TEXTS[:3]), models["bert"].encode(TEXTS[:3]))
 
 
 def test_sigterm_finishes_accepted_requests_then_exits(exported: Callable[[str], Path]) -> None:

@@ -10,6 +10,7 @@ __all__ = [
     "POOLING_MODES",
     "Encoded",
     "NonFiniteRow",
+    "QueryTooLong",
     "StaticModel",
     "Tokenizer",
     "int8_gemm_saturates",
@@ -92,6 +93,9 @@ class StaticModel:
 
 # A pooled row is NaN or infinite; args: (message, row in the batch).
 class NonFiniteRow(ValueError): ...
+
+# A rerank query is past the model's max length; args: (message, pair index).
+class QueryTooLong(ValueError): ...
 
 def pool(
     hidden: npt.NDArray[np.float32],

@@ -2,8 +2,8 @@
 
 Each subclasses the builtin that users already catch: an unknown model is also a ``ValueError``,
 a missing or corrupt model file also an ``OSError``, an unavailable provider also a
-``RuntimeError``. Invalid arguments (``None`` or a non-string among texts) raise plain
-``TypeError``/``ValueError``.
+``RuntimeError``, an input too long to be cut also a ``ValueError``. Invalid arguments
+(``None`` or a non-string among texts) raise plain ``TypeError``/``ValueError``.
 """
 
 from __future__ import annotations
@@ -37,4 +37,18 @@ class NonFiniteError(SlimembedError, ValueError):
             f"the model's output for texts[{index}] is not finite (NaN or infinity); the graph "
             "or its weights are broken for this input"
         )
+        self.index = index
+
+    def __reduce__(self) -> tuple[type[NonFiniteError], tuple[int]]:
+        # Rebuilt from its index when it crosses a process boundary (parallel embedding).
+        return (NonFiniteError, (self.index,))
+
+
+class TooLongError(SlimembedError, ValueError):
+    """An input is longer than the model's max length and may not be cut: a rerank query
+    (queries are never cut), or a text the caller asked not to truncate; ``index`` is its
+    position. The server answers it with 413."""
+
+    def __init__(self, message: str, index: int) -> None:
+        super().__init__(message)
         self.index = index

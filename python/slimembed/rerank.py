@@ -21,6 +21,7 @@ import numpy.typing as npt
 from slimembed import _core
 from slimembed.backends import TransformerBackend
 from slimembed.batching import plan_batches
+from slimembed.errors import TooLongError
 from slimembed.facade import CHUNK_SIZE, Facade, check_texts
 from slimembed.runner import GraphRunner
 from slimembed.text_embedding import TextEmbedding
@@ -77,7 +78,11 @@ class TextCrossEncoder(Facade):
         *,
         mean: bool = False,
     ) -> Iterator[float]:
-        """Yield one score per (query, document) pair, in input order."""
+        """Yield one score per (query, document) pair, in input order.
+
+        A document is cut from its left end to fit the max length; a query never is: one too
+        long for the model with its prompt raises TooLongError (a ValueError) naming the pair.
+        """
         if batch_size < 1:
             raise ValueError(f"batch_size must be >= 1, got {batch_size}")
         return self._scores(iter(pairs), batch_size, mean)
@@ -128,7 +133,10 @@ class TextCrossEncoder(Facade):
         qry = self.tokenizer.encode(queries, add_special_tokens=False)
         head = self._head_len
         room = None if self.manifest.max_length is None else self.manifest.max_length + 1 - head
-        return ctx.rerank_rows(qry, keep=head, room=room, first=offset), qry
+        try:
+            return ctx.rerank_rows(qry, keep=head, room=room, first=offset), qry
+        except _core.QueryTooLong as err:
+            raise TooLongError(str(err.args[0]), int(err.args[1])) from None
 
     def __repr__(self) -> str:
         return f"TextCrossEncoder({self.model_name!r})"

@@ -20,6 +20,18 @@ pub enum Error {
     #[error("the model's hidden states for row {row} are not finite (NaN or infinity)")]
     NonFinite { row: usize },
 
+    /// A rerank query is too long for the model with its prompt; queries are never cut, so the
+    /// pair cannot be scored. `pair` counts from the caller's first pair.
+    #[error(
+        "query of pair {pair} has {tokens} tokens; with the prompt it must stay under the max \
+         length {max_length} (queries are never cut)"
+    )]
+    QueryTooLong {
+        pair: usize,
+        tokens: usize,
+        max_length: usize,
+    },
+
     /// The tokenizer failed on an input text.
     #[error("tokenization failed for text {index}: {reason}")]
     Tokenize { index: usize, reason: String },

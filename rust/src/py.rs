@@ -22,12 +22,21 @@ pyo3::create_exception!(
     "A pooled row is NaN or infinite; args: (message, row in the batch)."
 );
 
+pyo3::create_exception!(
+    _core,
+    QueryTooLong,
+    PyValueError,
+    "A rerank query is past the model's max length (queries are never cut); args: (message, \
+     pair index counted from `first`)."
+);
+
 impl From<Error> for PyErr {
     fn from(err: Error) -> Self {
         let msg = err.to_string();
         match err {
             Error::FileNotFound { .. } => PyFileNotFoundError::new_err(msg),
             Error::NonFinite { row } => NonFiniteRow::new_err((msg, row)),
+            Error::QueryTooLong { pair, .. } => QueryTooLong::new_err((msg, pair)),
             Error::CorruptFile { .. } | Error::InvalidArgument(_) => PyValueError::new_err(msg),
             Error::Tokenize { .. } => PyRuntimeError::new_err(msg),
         }
@@ -404,5 +413,6 @@ fn _core(m: &Bound<'_, PyModule>) -> PyResult<()> {
     m.add_function(wrap_pyfunction!(int8_gemm_saturates, m)?)?;
     m.add("POOLING_MODES", Pooling::NAMES.to_vec())?;
     m.add("NonFiniteRow", m.py().get_type::<NonFiniteRow>())?;
+    m.add("QueryTooLong", m.py().get_type::<QueryTooLong>())?;
     Ok(())
 }

@@ -545,12 +545,11 @@ impl Encoded {
                     )));
                 }
                 if let Some(r) = room.filter(|&r| query.len() >= r) {
-                    return Err(Error::InvalidArgument(format!(
-                        "query of pair {pair} has {} tokens; with the prompt it must stay under \
-                         the max length {} (queries are never cut)",
-                        query.len(),
-                        r + keep - 1
-                    )));
+                    return Err(Error::QueryTooLong {
+                        pair,
+                        tokens: query.len(),
+                        max_length: r + keep - 1,
+                    });
                 }
                 let head = keep.min(context.len());
                 let tail_len = context.len() - head + query.len();
@@ -745,6 +744,17 @@ mod tests {
         assert_eq!(cut.row(1).unwrap(), &[4]);
         // Pair 0's query has 2 ids, too many for a room of 2; counted from the chunk's offset 7.
         let long = contexts.rerank_rows(&queries, 1, Some(2), 7).unwrap_err();
+        assert!(
+            matches!(
+                long,
+                Error::QueryTooLong {
+                    pair: 7,
+                    tokens: 2,
+                    max_length: 2
+                }
+            ),
+            "{long}"
+        );
         assert!(long.to_string().contains("pair 7 has 2 tokens"), "{long}");
         let empty = tok.encode(&texts(&["b", ""]), None, &opts).unwrap();
         let none = contexts.rerank_rows(&empty, 1, None, 0).unwrap_err();

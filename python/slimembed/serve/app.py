@@ -34,8 +34,9 @@ from starlette.responses import Response
 from starlette.routing import Route
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
+from slimembed.errors import TooLongError
 from slimembed.rerank import TextCrossEncoder
-from slimembed.serve.batcher import Batcher, QueueFull, Step, TooLong
+from slimembed.serve.batcher import Batcher, QueueFull, Step
 from slimembed.text_embedding import TextEmbedding
 
 Model = TextEmbedding | TextCrossEncoder
@@ -128,6 +129,12 @@ class Metrics:
             registry=r,
         )
         self.tokens = Counter("slimembed_tokens", "tokens embedded", ["model"], registry=r)
+        self.dropped = Counter(
+            "slimembed_dropped_requests",
+            "requests dropped before they ran because their client went away",
+            ["model"],
+            registry=r,
+        )
 
     def step(self, model: str) -> Callable[[Step], None]:
         def record(step: Step) -> None:
@@ -223,6 +230,7 @@ class Server:
                     max_queued=settings.max_concurrent_requests,
                     batch_size=settings.batch_size,
                     on_step=self.metrics.step(name),
+                    on_drop=self.metrics.dropped.labels(name).inc,
                 )
             else:
                 self.rerank_pools[name] = ThreadPoolExecutor(1, thread_name_prefix="rerank")
@@ -365,7 +373,7 @@ class Server:
             return await batcher.embed(texts, prompt=prompt, dim=dim, truncate=truncate)
         except QueueFull as err:
             raise ApiError(429, f"the server is busy: {err}; retry later", "Overloaded") from err
-        except TooLong as err:
+        except TooLongError as err:
             raise ApiError(413, str(err)) from err
         except (TypeError, ValueError) as err:
             raise ApiError(422, str(err), "Tokenizer") from err
@@ -416,10 +424,13 @@ class Server:
         if not isinstance(truncate, bool) or not isinstance(normalize, bool):
             raise ApiError(422, "`truncate` and `normalize` must be true or false")
         if not normalize and model.manifest.normalize:
+            # The backend normalizes inside pooling (the manifest's normalize), with no way to
+            # ask it not to, so TEI's un-normalized vectors cannot be given for this model.
             raise ApiError(
                 422,
-                "this model's vectors are normalized by its manifest: normalize=false is "
-                "not available",
+                f"normalize=false is not available for {name!r}: its vectors are normalized "
+                "when pooled (its manifest says normalize=true), so the un-normalized ones are "
+                "never made; omit `normalize` or send true",
             )
         vectors, _ = await self._embed(name, texts, prompt, self._dim(body, model), truncate)
         if normalize and not model.manifest.normalize:
@@ -435,13 +446,17 @@ class Server:
         if self.rerank_depth[name] >= self.settings.max_concurrent_requests:
             raise ApiError(429, "the server is busy; retry later", "Overloaded")
         self.rerank_depth[name] += 1
-        loop = asyncio.get_running_loop()
+        job = self.rerank_pools[name].submit(lambda: list(model.rerank(query, texts)))
         try:
-            scores = await loop.run_in_executor(
-                self.rerank_pools[name], lambda: list(model.rerank(query, texts))
-            )
+            scores = await asyncio.wrap_future(job)
+        except asyncio.CancelledError:
+            if job.cancel():  # still queued: it never runs (a running one finishes, unheard)
+                self.metrics.dropped.labels(name).inc()
+            raise
+        except TooLongError as err:
+            raise ApiError(413, str(err)) from err
         except (TypeError, ValueError) as err:
-            raise ApiError(413 if "max length" in str(err) else 422, str(err), "Tokenizer") from err
+            raise ApiError(422, str(err), "Tokenizer") from err
         finally:
             self.rerank_depth[name] -= 1
         ranked = sorted(range(len(texts)), key=lambda i: -scores[i])

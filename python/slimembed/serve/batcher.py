@@ -30,6 +30,7 @@ from typing import Any
 import numpy as np
 import numpy.typing as npt
 
+from slimembed.errors import TooLongError
 from slimembed.facade import CHUNK_SIZE
 from slimembed.text_embedding import TextEmbedding
 
@@ -38,10 +39,6 @@ Vectors = npt.NDArray[np.float32]
 
 class QueueFull(Exception):
     """The model's queue holds ``max_queued`` requests already (HTTP 429)."""
-
-
-class TooLong(ValueError):
-    """A text is longer than the model's max length and the request said not to truncate."""
 
 
 @dataclass(frozen=True)
@@ -55,7 +52,7 @@ class Key:
     ids: bool = False
 
 
-@dataclass
+@dataclass(eq=False)  # a job is itself: the queue finds it by identity
 class Job:
     texts: list[Any]  # strings, or token-id rows when key.ids
     key: Key
@@ -80,7 +77,8 @@ class Batcher:
     ``embed`` is called from the event loop; ``start`` and ``stop`` bracket the worker (the
     server's lifespan). A step runs in model batches of ``batch_size`` texts at most (small
     batches of short texts run faster on CPU than one large one: MiniLM FP32 on 2 cores, 485
-    texts/s at 32 against 354 at 256). ``on_step`` is told about every step (metrics).
+    texts/s at 32 against 354 at 256). ``on_step`` is told about every step, ``on_drop`` about
+    every job dropped unrun because its request was cancelled (metrics).
     """
 
     def __init__(
@@ -91,12 +89,14 @@ class Batcher:
         max_step_texts: int = CHUNK_SIZE,
         batch_size: int = 32,
         on_step: Callable[[Step], None] | None = None,
+        on_drop: Callable[[], None] | None = None,
     ) -> None:
         self.model = model
         self.max_queued = max_queued
         self.batch_size = batch_size
         self.max_step_texts = max_step_texts
         self.on_step = on_step
+        self.on_drop = on_drop
         self._queue: deque[Job] = deque()
         self._wake: asyncio.Event | None = None
         self._task: asyncio.Task[None] | None = None
@@ -135,8 +135,9 @@ class Batcher:
         truncate: bool = True,
     ) -> tuple[Vectors, int]:
         """``(len(texts), width)`` vectors, equal to ``model.encode``'s for the same texts and
-        arguments, and the number of tokens the model saw. Raises QueueFull, TooLong, and the
-        ValueError / TypeError ``encode`` raises for bad arguments."""
+        arguments, and the number of tokens the model saw. Raises QueueFull, TooLongError (a
+        text past the max length with ``truncate=False``), and the ValueError / TypeError
+        ``encode`` raises for bad arguments."""
         self.model.plan(prompt, instruction)  # bad prompt arguments fail here, not in a step
         return await self._submit(texts, Key(prompt, instruction, dim), truncate)
 
@@ -160,9 +161,13 @@ class Batcher:
             return await job.future
         except asyncio.CancelledError:
             # The request went away: drop its job unless the worker has it already (then its
-            # result, arriving on a cancelled future, is ignored).
-            with contextlib.suppress(ValueError):
+            # result, arriving on a cancelled future, is ignored) or has skipped it (_take).
+            try:
                 self._queue.remove(job)
+            except ValueError:
+                pass
+            else:
+                self._dropped()
             raise
 
     async def _work(self) -> None:
@@ -174,6 +179,8 @@ class Batcher:
                 await self._wake.wait()
                 continue
             jobs = self._take()
+            if not jobs:
+                continue
             self._running = len(jobs)
             try:
                 results = await loop.run_in_executor(self._pool, self._step, jobs)
@@ -195,22 +202,28 @@ class Batcher:
                     job.future.set_result((result, job.tokens))
 
     def _take(self) -> list[Job]:
-        """The oldest job and every later one with its key, up to ``max_step_texts`` texts
-        (the oldest is taken whole however large)."""
-        first = self._queue.popleft()
-        jobs, count, kept = [first], len(first.texts), deque[Job]()
+        """The oldest live job and every later one with its key, up to ``max_step_texts``
+        texts (the oldest is taken whole however large); jobs cancelled while queued are
+        dropped. Empty when every queued job was cancelled."""
+        jobs: list[Job] = []
+        count, kept = 0, deque[Job]()
         while self._queue:
             job = self._queue.popleft()
-            if job.future.done():  # cancelled while queued
-                continue
-            if job.key == first.key and count + len(job.texts) <= self.max_step_texts:
+            if job.future.done():  # cancelled; its request has not yet removed it
+                self._dropped()
+            elif not jobs or (
+                job.key == jobs[0].key and count + len(job.texts) <= self.max_step_texts
+            ):
                 jobs.append(job)
                 count += len(job.texts)
             else:
                 kept.append(job)
-        kept.extend(self._queue)
         self._queue = kept
         return jobs
+
+    def _dropped(self) -> None:
+        if self.on_drop is not None:
+            self.on_drop()
 
     # ---- the worker thread --------------------------------------------------------------
 
@@ -232,9 +245,11 @@ class Batcher:
             else:
                 lengths = model.backend.encode(job.texts, plan, probe).lengths()
             if probe is not None and (long := np.flatnonzero(lengths >= probe)).size:
-                results[i] = TooLong(
-                    f"inputs[{int(long[0])}] is longer than the model's max length of {limit} "
-                    "tokens; send truncate=true to cut it"
+                index = int(long[0])
+                results[i] = TooLongError(
+                    f"inputs[{index}] is longer than the model's max length of {limit} "
+                    "tokens; send truncate=true to cut it",
+                    index,
                 )
                 continue
             job.tokens = int(lengths.sum())

@@ -15,20 +15,26 @@ import click
 
 from slimembed import hub
 from slimembed.errors import SlimembedError
-from slimembed.manifest import Manifest
 
 INSTALL_HINT = "the server needs the serve extra: pip install 'slimembed[serve]'"
 
 
 def load_model(source: str | None, **options: Any) -> Any:
-    """``TextEmbedding`` or ``TextCrossEncoder``, as the model directory's task says."""
+    """``TextEmbedding`` or ``TextCrossEncoder``, as the model directory's task says.
+
+    The source is resolved (downloaded, or adopted when it holds no slimembed manifest) once,
+    here; the class then opens the directory that gave, not the source again."""
     from slimembed import TextCrossEncoder, TextEmbedding
 
     if source is None:
         return TextEmbedding(**options)
-    local = {k: options[k] for k in ("cache_dir",) if k in options}
-    model_dir = hub.resolve_model(source, **local)
-    cls = TextCrossEncoder if Manifest.load(model_dir).task == "rerank" else TextEmbedding
+    model_dir, manifest = hub.open_model(
+        source,
+        task=None,
+        cache_dir=options.get("cache_dir"),
+        precision=options.get("precision"),
+    )
+    cls = TextCrossEncoder if manifest.task == "rerank" else TextEmbedding
     model = cls(model_dir, **options)
     model.model_name = str(source)
     return model
