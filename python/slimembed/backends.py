@@ -22,7 +22,7 @@ from slimembed.batching import plan_batches
 from slimembed.errors import ManifestError, ModelFileError, NonFiniteError, ProviderError
 from slimembed.manifest import MANIFEST_FILE, Manifest, PromptPlan, model_file
 from slimembed.runner import GraphRunner
-from slimembed.session import choose_precision
+from slimembed.session import CPU, Provider, choose_precision, provider_name
 
 T = TypeVar("T")
 Vectors = npt.NDArray[np.float32]
@@ -152,7 +152,7 @@ def load_backend(
     manifest: Manifest,
     *,
     precision: str | None = None,
-    providers: Sequence[str] | None = None,
+    providers: Sequence[Provider] | None = None,
     cuda: bool = False,
     device_id: int = 0,
     threads: int | None = None,
@@ -176,7 +176,7 @@ def load_backend(
                 f"{name} is a static {manifest.precision} table; precision={precision!r} "
                 "is not available"
             )
-        if cuda or providers:
+        if cuda or any(provider_name(p) != CPU for p in providers or ()):
             raise ProviderError(
                 f"{name} is a static model: it runs on CPU in slimembed's Rust core, "
                 "without ONNX Runtime providers; drop cuda=/providers="

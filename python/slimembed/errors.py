@@ -43,6 +43,10 @@ class NonFiniteError(SlimembedError, ValueError):
         # Rebuilt from its index when it crosses a process boundary (parallel embedding).
         return (NonFiniteError, (self.index,))
 
+    def __reduce__(self) -> tuple[type[NonFiniteError], tuple[int]]:
+        # Rebuilt from its index when it crosses a process boundary (parallel embedding).
+        return (NonFiniteError, (self.index,))
+
 
 class TooLongError(SlimembedError, ValueError):
     """An input is longer than the model's max length and may not be cut: a rerank query
@@ -52,3 +56,7 @@ class TooLongError(SlimembedError, ValueError):
     def __init__(self, message: str, index: int) -> None:
         super().__init__(message)
         self.index = index
+
+    def __reduce__(self) -> tuple[type[NonFiniteError], tuple[int]]:
+        # Rebuilt from its index when it crosses a process boundary (parallel embedding).
+        return (NonFiniteError, (self.index,))

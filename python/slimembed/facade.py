@@ -18,6 +18,7 @@ from slimembed import env, hub
 from slimembed.backends import Backend, load_backend
 from slimembed.errors import NonFiniteError
 from slimembed.manifest import Manifest
+from slimembed.session import Provider, cuda_available
 
 DEFAULT_MAX_TOKENS = 8192
 # Texts tokenized and length-sorted together; larger chunks pad less but yield later.
@@ -42,8 +43,8 @@ class Facade:
         model_name: str | os.PathLike[str] | None = None,
         cache_dir: str | os.PathLike[str] | None = None,
         threads: int | None = None,
-        providers: Sequence[str] | None = None,
-        cuda: bool = False,
+        providers: Sequence[Provider] | None = None,
+        cuda: bool | str = False,
         device_id: int = 0,
         lazy_load: bool = False,
         revision: str | None = None,
@@ -51,6 +52,9 @@ class Facade:
         max_tokens: int = DEFAULT_MAX_TOKENS,
         precision: str | None = None,
         model_file: str | None = None,
+        device_ids: Sequence[int] | None = None,
+        specific_model_path: str | os.PathLike[str] | None = None,
+        max_length: int | None = None,
     ) -> None:
         """Open ``model_name`` and load its backend.
 
@@ -67,8 +71,11 @@ class Facade:
                 sentence-transformers filled works too).
             threads: worker threads: ONNX Runtime intra-op threads, or the Rust pool of a
                 static model (default: ``SLIMEMBED_THREADS``, else all cores).
-            providers: ONNX Runtime execution providers, e.g. ``["CUDAExecutionProvider"]``.
-            cuda: use the CUDA provider; raises ProviderError where it is not available.
+            providers: ONNX Runtime execution providers, e.g. ``["CUDAExecutionProvider"]``,
+                each a name or a ``(name, options)`` pair.
+            cuda: ``True`` (or ``"cuda"``): the CUDA provider, ProviderError where it is not
+                available; ``"auto"`` (fastembed's ``Device.AUTO``): CUDA where this
+                onnxruntime has it and the model runs on ONNX Runtime, else CPU.
             device_id: the CUDA device.
             lazy_load: load the graph on first use instead of now.
             revision: hub revision (branch, tag or commit) to pin.
@@ -81,15 +88,30 @@ class Facade:
                 precision (default: its float32 graph, the faithful one).
             model_file: for such a repository, the graph to run, as a path inside it
                 (``"onnx/model_qint8_avx512_vnni.onnx"``; fastembed's name for the field).
+            device_ids: fastembed's CUDA devices: the first is ``device_id``; data-parallel
+                ``embed(parallel=N)`` gives worker ``i`` device ``device_ids[i % len]``.
+            specific_model_path: fastembed's folder holding the model's files: loaded in
+                place of ``model_name`` (which then only names the model).
+            max_length: tokens per text at most, below the model's own limit (fastembed's
+                and LangChain's argument); a larger value keeps the model's limit, since
+                the model was not trained past it.
 
         Raises ModelFileError, ManifestError or UnknownModelError naming what is missing or
         wrong, ProviderError for providers that cannot run, ValueError for bad arguments.
         """
         if max_tokens < 1:
             raise ValueError(f"max_tokens must be >= 1, got {max_tokens}")
+        if max_length is not None and (isinstance(max_length, bool) or not max_length >= 1):
+            raise ValueError(f"max_length must be an integer >= 1, got {max_length!r}")
+        if device_ids is not None:
+            if not device_ids:
+                raise ValueError("device_ids is empty: name at least one CUDA device")
+            device_id = int(device_ids[0])
         if threads is not None and threads < 1:
             raise ValueError(f"threads must be >= 1, got {threads}")
         source = self.default_model if model_name is None else model_name
+        if specific_model_path is not None:
+            source = Path(specific_model_path)
         if source is None:
             raise TypeError(f"{type(self).__name__} needs a model: a directory or a hub id")
         self.model_name = "default" if model_name is None else str(model_name)
@@ -102,14 +124,35 @@ class Facade:
             model_file=model_file,
             precision=precision,
         )
+        if max_length is not None and (
+            self.manifest.max_length is None or max_length < self.manifest.max_length
+        ):
+            self.manifest = self.manifest.with_changes(max_length=max_length)
+        use_cuda = _cuda_choice(cuda, self.manifest, providers)
         self.threads = env.default_threads() if threads is None else threads
         self.max_tokens = max_tokens
+        self.device_ids = tuple(device_ids) if device_ids is not None else (device_id,)
+        # What a data-parallel worker needs to load the same model (from the cache only).
+        self.loading: dict[str, Any] = {
+            "model_name": model_name,
+            "cache_dir": cache_dir,
+            "providers": providers,
+            "cuda": use_cuda,
+            "lazy_load": False,
+            "revision": revision,
+            "local_files_only": True,
+            "max_tokens": max_tokens,
+            "precision": precision,
+            "model_file": model_file,
+            "specific_model_path": specific_model_path,
+            "max_length": max_length,
+        }
         self.backend = load_backend(
             self.model_dir,
             self.manifest,
             precision=precision,
             providers=providers,
-            cuda=cuda,
+            cuda=use_cuda,
             device_id=device_id,
             threads=self.threads,
             max_tokens=max_tokens,
@@ -117,6 +160,21 @@ class Facade:
             name=self.model_name,
         )
         self.precision = self.backend.precision
+
+
+def _cuda_choice(
+    cuda: bool | str, manifest: Manifest, providers: Sequence[Provider] | None
+) -> bool:
+    """``cuda`` as a flag: True or ``"cuda"``; False or ``"cpu"``; ``"auto"`` (fastembed's
+    ``Device.AUTO``, a str enum): CUDA where onnxruntime has it, the model runs on ONNX
+    Runtime (not a static table) and no providers were named."""
+    if isinstance(cuda, bool):
+        return cuda
+    if cuda == "auto":
+        return manifest.kind != "static" and not providers and cuda_available()
+    if cuda in ("cuda", "cpu"):
+        return cuda == "cuda"
+    raise ValueError(f"cuda must be True, False, 'cuda', 'cpu' or 'auto', got {cuda!r}")
 
 
 def as_iterable(texts: str | Iterable[str]) -> Iterable[str]:

@@ -25,7 +25,7 @@ import numpy.typing as npt
 
 from slimembed import _core
 from slimembed.manifest import PAST, Manifest
-from slimembed.session import PAST_DTYPES, create_session
+from slimembed.session import PAST_DTYPES, Provider, create_session
 
 Int64Array = npt.NDArray[np.int64]
 
@@ -51,7 +51,7 @@ class GraphRunner:
         manifest: Manifest,
         *,
         graph_file: str | None = None,
-        providers: Sequence[str] | None = None,
+        providers: Sequence[Provider] | None = None,
         cuda: bool = False,
         device_id: int = 0,
         threads: int | None = None,

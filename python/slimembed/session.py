@@ -13,6 +13,7 @@ import shutil
 import tempfile
 from collections.abc import Sequence
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import onnxruntime as ort
@@ -25,6 +26,8 @@ from slimembed.manifest import PAST, Manifest, model_file
 PAST_DTYPES = {"tensor(float)": np.float32, "tensor(float16)": np.float16}
 CPU = "CPUExecutionProvider"
 CUDA = "CUDAExecutionProvider"
+# An execution provider as ONNX Runtime takes it: a name, or a name and its options.
+Provider = str | tuple[str, dict[str, Any]]
 # onnxruntime's own exception types for a graph it cannot read.
 _LOAD_ERRORS: tuple[type[BaseException], ...] = tuple(
     getattr(ort.capi.onnxruntime_pybind11_state, name)
@@ -43,33 +46,67 @@ _CPU_DISABLED_OPTIMIZERS = ["SkipLayerNormFusion"]
 _EXACT_INT8_GEMM = ("session.x64quantprecision", "1")
 
 
+def provider_name(provider: Provider) -> str:
+    """The name of a provider given as a name or as ``(name, options)``; TypeError otherwise."""
+    if isinstance(provider, str):
+        return provider
+    if (
+        isinstance(provider, tuple)
+        and len(provider) == 2
+        and isinstance(provider[0], str)
+        and isinstance(provider[1], dict)
+    ):
+        return provider[0]
+    raise TypeError(
+        f"a provider is a name or a (name, options dict) pair, as ONNX Runtime takes them; "
+        f"got {provider!r}"
+    )
+
+
 def choose_providers(
-    providers: Sequence[str] | None = None,
+    providers: Sequence[Provider] | None = None,
     cuda: bool = False,
     device_id: int = 0,
-) -> list[str | tuple[str, dict[str, str]]]:
-    """The provider list for a session: ``cuda=True`` means CUDA first, then CPU.
+) -> list[Provider]:
+    """The provider list for a session: ``cuda=True`` means CUDA first, then CPU. Providers
+    may carry their options (``("CUDAExecutionProvider", {"device_id": "1"})``); CUDA gets
+    ``device_id`` unless its options name one.
 
-    Raises ProviderError when CUDA is asked for and this onnxruntime build has no CUDA provider.
+    Raises ProviderError when a provider is asked for that this onnxruntime build lacks.
     """
-    chosen: list[str] = list(providers) if providers else ([CUDA, CPU] if cuda else [CPU])
-    if cuda and CUDA not in chosen:
+    chosen: list[Provider] = list(providers) if providers else ([CUDA, CPU] if cuda else [CPU])
+    names = [provider_name(p) for p in chosen]
+    if cuda and CUDA not in names:
         chosen.insert(0, CUDA)
+        names.insert(0, CUDA)
     available = ort.get_available_providers()
-    missing = [p for p in chosen if p not in available]
+    missing = [n for n in names if n not in available]
     if missing:
         hint = " Install onnxruntime-gpu in place of onnxruntime." if CUDA in missing else ""
         raise ProviderError(
             f"execution provider(s) {missing} requested but this onnxruntime offers only "
             f"{available}.{hint}"
         )
-    return [(p, {"device_id": str(device_id)}) if p == CUDA else p for p in chosen]
+    out: list[Provider] = []
+    for provider, name in zip(chosen, names, strict=True):
+        if name == CUDA:
+            options = {} if isinstance(provider, str) else dict(provider[1])
+            out.append((CUDA, {"device_id": str(device_id), **options}))
+        else:
+            out.append(provider)
+    return out
+
+
+def cuda_available() -> bool:
+    """Whether this onnxruntime build offers the CUDA provider (fastembed's ``Device.AUTO``
+    picks CUDA then)."""
+    return CUDA in ort.get_available_providers()
 
 
 def choose_precision(
     manifest: Manifest,
     precision: str | None = None,
-    providers: Sequence[str] | None = None,
+    providers: Sequence[Provider] | None = None,
     cuda: bool = False,
 ) -> tuple[str, str | None]:
     """The precision to run and its graph file: as asked, else INT8 on CPU and FP16 on CUDA
@@ -80,7 +117,7 @@ def choose_precision(
     graphs = {manifest.precision: manifest.graph_file}
     graphs.update({name: v.graph_file for name, v in manifest.variants.items()})
     if precision is None:
-        on_cuda = cuda or CUDA in (providers or ())
+        on_cuda = cuda or CUDA in [provider_name(p) for p in providers or ()]
         preferred = "fp16" if on_cuda else "int8"
         precision = preferred if preferred in graphs else manifest.precision
     if precision not in graphs:
@@ -94,7 +131,7 @@ def choose_precision(
 def create_session(
     model_dir: Path,
     manifest: Manifest,
-    providers: Sequence[str] | None = None,
+    providers: Sequence[Provider] | None = None,
     cuda: bool = False,
     device_id: int = 0,
     threads: int | None = None,
@@ -115,7 +152,7 @@ def create_session(
     if threads is not None:
         options.intra_op_num_threads = threads
         options.inter_op_num_threads = 1
-    names = [p if isinstance(p, str) else p[0] for p in chosen]
+    names = [provider_name(p) for p in chosen]
     cpu_only = all(name == CPU for name in names)
     if CPU in names and _core.int8_gemm_saturates():
         options.add_session_config_entry(*_EXACT_INT8_GEMM)

@@ -20,8 +20,9 @@ import numpy as np
 import numpy.typing as npt
 
 from slimembed import _core, registry
+from slimembed import parallel as parallel_embedding
 from slimembed.facade import CHUNK_SIZE, Facade, as_iterable, check_texts, naming_texts
-from slimembed.manifest import RAW, Prompt, PromptPlan
+from slimembed.manifest import RAW, PromptPlan
 
 DEFAULT_BATCH_SIZE = 256
 # The embedded default: a static model distilled from all-MiniLM-L6-v2 (see README).
@@ -112,8 +113,9 @@ class TextEmbedding(Facade):
 
     def embed(
         self,
-        texts: str | Iterable[str],
+        documents: str | Iterable[str],
         batch_size: int = DEFAULT_BATCH_SIZE,
+        parallel: int | None = None,
         *,
         dim: int | None = None,
         progress: bool = False,
@@ -129,13 +131,18 @@ class TextEmbedding(Facade):
         longer than the model's max length are truncated. ``dim`` keeps the first ``dim``
         components (Matryoshka) and renormalizes them when the model normalizes. Raises
         TypeError naming the position of ``None`` or a non-string.
+
+        ``parallel`` (fastembed's data-parallel mode): ``None`` or 1 embeds in this process;
+        N > 1 starts N worker processes (``spawn``), each loading the model with one thread,
+        and 0 one per core; vectors still come in input order (``slimembed.parallel``).
         """
-        return self._stream(texts, self.manifest.document, None, batch_size, dim, progress)
+        return self._stream(documents, "document", None, batch_size, dim, progress, parallel)
 
     def query_embed(
         self,
         query: str | Iterable[str],
         batch_size: int = DEFAULT_BATCH_SIZE,
+        parallel: int | None = None,
         *,
         instruction: str | None = None,
         dim: int | None = None,
@@ -145,18 +152,36 @@ class TextEmbedding(Facade):
 
         ``instruction`` replaces the prompt's default task instruction.
         """
-        return self._stream(query, self.manifest.query, instruction, batch_size, dim, progress)
+        return self._stream(query, "query", instruction, batch_size, dim, progress, parallel)
 
     def passage_embed(
         self,
         texts: str | Iterable[str],
         batch_size: int = DEFAULT_BATCH_SIZE,
+        parallel: int | None = None,
         *,
         dim: int | None = None,
         progress: bool = False,
     ) -> Iterator[Vector]:
         """The same as ``embed``: the model's document prompt (never a query instruction)."""
-        return self._stream(texts, self.manifest.document, None, batch_size, dim, progress)
+        return self._stream(texts, "document", None, batch_size, dim, progress, parallel)
+
+    @classmethod
+    def get_embedding_size(cls, model_name: str) -> int:
+        """The dimension of a registry model's vectors, without loading it (fastembed's
+        classmethod); UnknownModelError for a name the registry does not list."""
+        return registry.get(model_name).dim
+
+    def token_count(self, texts: str | Iterable[str], batch_size: int = 1024) -> int:
+        """How many tokens the model reads for ``texts`` without a prompt: special tokens
+        included, each text cut to the max length (fastembed's ``token_count``)."""
+        if batch_size < 1:
+            raise ValueError(f"batch_size must be >= 1, got {batch_size}")
+        iterator = iter(as_iterable(texts))
+        total = 0
+        while chunk := list(islice(iterator, batch_size)):
+            total += int(self.tokenize(chunk).lengths().sum())
+        return total
 
     def encode(
         self,
@@ -226,17 +251,24 @@ class TextEmbedding(Facade):
     def _stream(
         self,
         texts: str | Iterable[str],
-        prompt: Prompt | None,
+        prompt: str,
         instruction: str | None,
         batch_size: int,
         dim: int | None,
         progress: bool,
+        parallel: int | None,
     ) -> Iterator[Vector]:
         # Validate eagerly so bad arguments fail at the call, not at the first next().
         self.check_dim(dim)
         if batch_size < 1:
             raise ValueError(f"batch_size must be >= 1, got {batch_size}")
-        plan = prompt.plan(instruction) if prompt else RAW
+        plan = self.plan(prompt, instruction)
+        if parallel is not None and parallel_embedding.workers(parallel) > 1:
+            items = as_iterable(texts)
+            rows = parallel_embedding.embed(
+                self, items, prompt, instruction, batch_size, dim, parallel
+            )
+            return _counted(rows, _progress_bar(items)) if progress else rows
         chunks = self._chunks(as_iterable(texts), plan, batch_size, dim, progress)
         return (row for chunk in chunks for row in chunk)
 
@@ -298,6 +330,16 @@ class TextEmbedding(Facade):
     def __repr__(self) -> str:
         m = self.manifest
         return f"TextEmbedding({self.model_name!r}, dim={m.dim}, pooling={m.pooling!r})"
+
+
+def _counted(rows: Iterator[Vector], bar: Any) -> Iterator[Vector]:
+    """``rows`` as they come, each counted on the progress bar."""
+    try:
+        for row in rows:
+            bar.update(1)
+            yield row
+    finally:
+        bar.close()
 
 
 def _progress_bar(texts: Iterable[str]) -> Any:
