@@ -43,10 +43,6 @@ class NonFiniteError(SlimembedError, ValueError):
         # Rebuilt from its index when it crosses a process boundary (parallel embedding).
         return (NonFiniteError, (self.index,))
 
-    def __reduce__(self) -> tuple[type[NonFiniteError], tuple[int]]:
-        # Rebuilt from its index when it crosses a process boundary (parallel embedding).
-        return (NonFiniteError, (self.index,))
-
 
 class TooLongError(SlimembedError, ValueError):
     """An input is longer than the model's max length and may not be cut: a rerank query
@@ -57,6 +53,5 @@ class TooLongError(SlimembedError, ValueError):
         super().__init__(message)
         self.index = index
 
-    def __reduce__(self) -> tuple[type[NonFiniteError], tuple[int]]:
-        # Rebuilt from its index when it crosses a process boundary (parallel embedding).
-        return (NonFiniteError, (self.index,))
+    def __reduce__(self) -> tuple[type[TooLongError], tuple[str, int]]:
+        return (TooLongError, (str(self), self.index))
