@@ -86,7 +86,7 @@ def embed_offline(
         [sys.executable, "-c", _SCRIPT, json.dumps(args)],
         capture_output=True,
         text=True,
-        timeout=900,
+        timeout=1800,
         cwd=REPO,
         env={**os.environ, "HF_HUB_OFFLINE": "1"},
     )

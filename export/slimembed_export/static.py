@@ -22,8 +22,13 @@ import numpy as np
 from slimembed import tables
 from slimembed.errors import ModelFileError
 from slimembed.manifest import Manifest
-from slimembed.repos import StaticSource, read_static, static_kind, static_tensors
-from slimembed.static_model import write_static_model
+from slimembed.repos import (
+    StaticSource,
+    read_static,
+    static_kind,
+    static_tensors,
+    write_static_source,
+)
 from slimembed_export.errors import ExportError
 
 __all__ = ["StaticSource", "detect", "export_static", "reference_embed", "write_graph"]
@@ -110,22 +115,13 @@ def export_static(
     except (ModelFileError, ValueError) as err:
         raise ExportError(str(err)) from err
     write_graph(tensors, staging / "model.onnx")
-    rows = len(source.embeddings)
-    manifest = write_static_model(
+    manifest = write_static_source(
         staging,
+        source,
         tensors,
-        source.tokenizer_file,
-        precision=precision,
-        normalize=source.normalize,
-        skip_id=source.skip_id,
+        precision,
+        {"id": source_id, "revision": revision},
         max_length=max_length,
         graph_file="model.onnx",
-        source={
-            "id": source_id,
-            "revision": revision,
-            "architecture": f"static ({kind})",
-            "rows": rows,
-            "vocabulary": len(source.mapping) if source.mapping is not None else rows,
-        },
     )
     return manifest, source, tensors

@@ -575,25 +575,8 @@ def _adopt_static(
             tensors = static_tensors(source, chosen)
         except ValueError as err:
             raise ManifestError(f"{source_id}: {err}") from err
-        manifest = write_static_model(
-            staging,
-            tensors,
-            source.tokenizer_file,
-            precision=chosen,
-            normalize=source.normalize,
-            skip_id=source.skip_id,
-            source={
-                "id": source_id,
-                "revision": revision,
-                "layout": kind,
-                "architecture": f"static ({kind})",
-                "rows": len(source.embeddings),
-                "vocabulary": len(source.mapping)
-                if source.mapping is not None
-                else len(source.embeddings),
-                "adopted_by": "slimembed",
-            },
-        )
+        origin = {"id": source_id, "revision": revision, "adopted_by": "slimembed"}
+        manifest = write_static_source(staging, source, tensors, chosen, origin)
         manifest.save(staging)
         try:
             staging.rename(out)
@@ -603,6 +586,39 @@ def _adopt_static(
     finally:
         shutil.rmtree(staging, ignore_errors=True)
     return out, Manifest.load(out)
+
+
+def write_static_source(
+    out: Path,
+    source: StaticSource,
+    tensors: dict[str, np.ndarray],
+    precision: str,
+    origin: dict[str, Any],
+    *,
+    max_length: int | None = None,
+    graph_file: str | None = None,
+) -> Manifest:
+    """Write ``source``'s table (as ``tensors``) and tokenizer into ``out`` with the source
+    library's rules; the manifest (not saved) records ``origin`` (id, revision, …) and the
+    table's shape as its source."""
+    rows = len(source.embeddings)
+    return write_static_model(
+        out,
+        tensors,
+        source.tokenizer_file,
+        precision=precision,
+        normalize=source.normalize,
+        skip_id=source.skip_id,
+        max_length=max_length,
+        graph_file=graph_file,
+        source={
+            **origin,
+            "layout": source.kind,
+            "architecture": f"static ({source.kind})",
+            "rows": rows,
+            "vocabulary": len(source.mapping) if source.mapping is not None else rows,
+        },
+    )
 
 
 def _adopted_dir(model_dir: Path, cache_dir: str | os.PathLike[str] | None) -> Path:
