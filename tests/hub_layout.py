@@ -66,11 +66,19 @@ print(json.dumps({
 
 
 def embed_offline(
-    cache: Path, model: str, texts: list[str], work: Path, **kwargs: Any
+    cache: Path,
+    model: str,
+    texts: list[str],
+    work: Path,
+    *,
+    unreachable: bool = False,
+    **kwargs: Any,
 ) -> tuple[np.ndarray, dict[str, Any]]:
     """``TextEmbedding(model, cache_dir=cache, **kwargs).encode(texts)`` in a subprocess with
-    the hub offline; the vectors and what the process reports (``torch``: the torch-based
-    libraries it imported, which must be none)."""
+    the hub offline (``HF_HUB_OFFLINE=1``; with ``unreachable``, not in offline mode but with
+    the Hub's address one where nothing listens, as for a user whose network is down); the
+    vectors and what the process reports (``torch``: the torch-based libraries it imported,
+    which must be none)."""
     work.mkdir(parents=True, exist_ok=True)
     texts_file = work / "texts.json"
     texts_file.write_text(json.dumps(texts), encoding="utf-8")
@@ -88,8 +96,18 @@ def embed_offline(
         text=True,
         timeout=1800,
         cwd=REPO,
-        env={**os.environ, "HF_HUB_OFFLINE": "1"},
+        env=_offline_env(unreachable),
     )
     assert result.returncode == 0, result.stderr[-3000:]
     report: dict[str, Any] = json.loads(result.stdout.strip().splitlines()[-1])
     return np.load(out), report
+
+
+def _offline_env(unreachable: bool) -> dict[str, str]:
+    env = {k: v for k, v in os.environ.items() if k != "HF_HUB_OFFLINE"}
+    if unreachable:
+        # Port 9 (discard) on loopback: the connection is refused at once.
+        env["HF_ENDPOINT"] = "http://127.0.0.1:9"
+    else:
+        env["HF_HUB_OFFLINE"] = "1"
+    return env

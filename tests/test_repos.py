@@ -316,3 +316,21 @@ def test_a_causal_lm_graph_with_a_kv_cache_embeds_as_its_family(
         assert reference.cosine(want[:-2], want[1:-1]).min() < 0.99, kind
         got = model.encode(texts, batch_size=len(texts), prompt=kind)
         assert cosine(got, want).min() >= FP32_MIN, kind
+
+
+def test_a_cached_repository_loads_when_the_hub_cannot_be_reached(
+    minilm_onnx_repo: Path, tmp_path: Path
+) -> None:
+    """Not in offline mode, but the Hub unreachable (a user whose network is down): the
+    repository in the cache loads, as huggingface_hub's own snapshot_download falls back."""
+    cache = tmp_path / "hub"
+    hub_cache(cache, "sentence-transformers/all-MiniLM-L6-v2", minilm_onnx_repo)
+    texts = ["hello world", "a second, longer text about embeddings"]
+
+    got, report = embed_offline(
+        cache, "sentence-transformers/all-MiniLM-L6-v2", texts, tmp_path / "run", unreachable=True
+    )
+
+    assert report["graph_file"] == "onnx/model.onnx"
+    want = TextEmbedding(minilm_onnx_repo, cache_dir=tmp_path / "other").encode(texts)
+    np.testing.assert_allclose(got, want, atol=1e-6)

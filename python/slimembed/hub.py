@@ -201,12 +201,12 @@ def _repo_files(
     from huggingface_hub import constants, list_repo_files
 
     if not (local_files_only or constants.HF_HUB_OFFLINE):
-        from huggingface_hub.errors import HfHubHTTPError
-
         try:
             return list(list_repo_files(repo_id, revision=revision))
-        except (HfHubHTTPError, OSError):
-            pass  # unreachable now: what the cache holds is what can be loaded
+        except Exception:  # noqa: BLE001 -- HTTP errors, and the HTTP client's own when the
+            # Hub cannot be reached: the snapshot was had already (from the cache, as
+            # snapshot_download falls back to it), so what it holds is what can be loaded.
+            pass
     return sorted(p.relative_to(snapshot).as_posix() for p in snapshot.rglob("*") if p.is_file())
 
 
