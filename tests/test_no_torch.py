@@ -9,7 +9,7 @@ from collections.abc import Callable
 from pathlib import Path
 
 # PyTorch's side, the other distributions (export, benchmarks), and what the optional faces
-# (the server, the Ray integration) bring.
+# (the server, the integrations) bring.
 HEAVY = (
     "torch",
     "transformers",
@@ -25,6 +25,10 @@ HEAVY = (
     "ray",
     "pyarrow",
     "pandas",
+    "langchain_core",
+    "llama_index",
+    "qdrant_client",
+    "sqlite_vec",
 )
 
 SCRIPT = """
