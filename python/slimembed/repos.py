@@ -173,8 +173,7 @@ def static_kind(model_dir: Path) -> str | None:
     """
     config = model_dir / "config.json"
     if (model_dir / "model.safetensors").is_file() and config.is_file():
-        data = read_json(config)
-        plain = data.get("model_type") == "model2vec" or not data.get("architectures")
+        plain = may_be_model2vec(read_json(config))
         if plain and "embeddings" in tables.tensor_names(model_dir / "model.safetensors"):
             return "model2vec"
     modules = model_dir / "modules.json"
@@ -182,6 +181,15 @@ def static_kind(model_dir: Path) -> str | None:
         kinds = [str(m.get("type", "")).rsplit(".", 1)[-1] for m in _modules(modules)]
         return "sentence-transformers" if ST_STATIC in kinds else None
     return None
+
+
+def may_be_model2vec(config: dict[str, Any]) -> bool:
+    """Whether ``config.json`` may be model2vec's: it says so (``model_type``), or it names
+    neither a model type nor an architecture, as model2vec's older versions wrote it. Only
+    the table then tells (a tensor named ``embeddings``)."""
+    if config.get("model_type") == "model2vec":
+        return True
+    return not (config.get("model_type") or config.get("architectures"))
 
 
 def read_static(model_dir: Path, kind: str) -> StaticSource:
@@ -306,20 +314,24 @@ def files_to_fetch(
     data. Only those are downloaded, never every graph a repository ships."""
     config_path = model_dir / "config.json"
     config = read_json(config_path) if config_path.is_file() else {}
-    if "model.safetensors" in files and (
-        config.get("model_type") == "model2vec" or not config.get("architectures")
-    ):
-        return ["*.json", "model.safetensors"]
-    modules = model_dir / "modules.json"
-    if modules.is_file():
-        for module in _modules(modules):
-            if str(module.get("type", "")).endswith(ST_STATIC):
-                return ["*.json", f"{module.get('path', '')}/*"]
     graphs = graph_files(files)
-    if not graphs:
-        raise ManifestError(_nothing_to_run(model_dir, source_id, files))
+    wanted = ["*.json"]
+    if "model.safetensors" in files and may_be_model2vec(config):
+        # Only the table's tensors tell a model2vec table from PyTorch weights; unless
+        # config.json says model2vec, a graph beside it may be what runs, so both are fetched.
+        wanted.append("model.safetensors")
+        if config.get("model_type") == "model2vec" or not graphs:
+            return wanted
+    else:
+        modules = model_dir / "modules.json"
+        if modules.is_file():
+            for module in _modules(modules):
+                if str(module.get("type", "")).endswith(ST_STATIC):
+                    return [*wanted, f"{module.get('path', '')}/*"]
+        if not graphs:
+            raise ManifestError(_nothing_to_run(model_dir, source_id, files))
     graph = choose_graph(graphs, model_file, precision, source_id)
-    return ["*.json", graph, f"{graph}*", f"{graph.removesuffix('.onnx')}*data*"]
+    return [*wanted, graph, f"{graph}*", f"{graph.removesuffix('.onnx')}*data*"]
 
 
 def graph_precision(name: str) -> str:

@@ -1,0 +1,234 @@
+"""Hub repositories built from tiny hand-made graphs: which files a download fetches, graphs
+whose output is already pooled, float16 graphs.
+
+The graphs are an embedding lookup (``last_hidden_state`` is the table's row of each token
+id), so the vectors a load must give are computed here with numpy. ``fake_hub`` serves
+repositories from local folders through huggingface_hub's own entry points
+(``snapshot_download``, ``list_repo_files``), copying into the cache only the files that
+match what slimembed asks for, as the Hub would send them.
+"""
+
+from __future__ import annotations
+
+import json
+import shutil
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pytest
+
+from slimembed import TextEmbedding, tables
+from tests import tiny
+from tests.hub_layout import REVISION
+
+VOCAB, DIM = 51, 8
+TEXTS = ["3 17 4", "9", "1 2 3 4 5 6", "42 42"]
+ST_MEAN = {"pooling_mode_mean_tokens": True, "word_embedding_dimension": DIM}
+ST_CLS = {"pooling_mode_cls_token": True, "word_embedding_dimension": DIM}
+
+
+def _table(seed: int = 0) -> np.ndarray:
+    return np.random.default_rng(seed).normal(size=(VOCAB, DIM)).astype(np.float32)
+
+
+def _ids(text: str) -> list[int]:
+    return [int(t) for t in text.split()]
+
+
+def _mean(table: np.ndarray, normalize: bool = True) -> np.ndarray:
+    out = np.stack([table[_ids(t)].mean(axis=0) for t in TEXTS])
+    return out / np.linalg.norm(out, axis=1, keepdims=True) if normalize else out
+
+
+def lookup_graph(
+    path: Path,
+    table: np.ndarray,
+    *,
+    pooled: bool = False,
+    fp16: bool = False,
+    past_layers: int = 0,
+) -> Path:
+    """``last_hidden_state`` = ``table[input_ids]`` (float16 with ``fp16``); with ``pooled``
+    the only output is ``sentence_embedding``, the first token's row; ``past_layers`` adds
+    KV-cache inputs ``past_key_values.N.key/value`` of the graph's float type."""
+    import onnx
+    from onnx import TensorProto, helper, numpy_helper
+
+    kind = TensorProto.FLOAT16 if fp16 else TensorProto.FLOAT
+    weights = numpy_helper.from_array(table.astype(np.float16 if fp16 else np.float32), "table")
+    inputs = [
+        helper.make_tensor_value_info(n, TensorProto.INT64, ["batch", "seq"])
+        for n in ("input_ids", "attention_mask")
+    ]
+    for layer in range(past_layers):
+        for part in ("key", "value"):
+            inputs.append(
+                helper.make_tensor_value_info(
+                    f"past_key_values.{layer}.{part}", kind, ["batch", 2, "past", 4]
+                )
+            )
+    nodes = [helper.make_node("Gather", ["table", "input_ids"], ["hidden"])]
+    if pooled:
+        first = numpy_helper.from_array(np.array(0, dtype=np.int64), "first")
+        nodes.append(
+            helper.make_node("Gather", ["hidden", "first"], ["sentence_embedding"], axis=1)
+        )
+        outputs = [helper.make_tensor_value_info("sentence_embedding", kind, ["batch", DIM])]
+        initializers = [weights, first]
+    else:
+        nodes.append(helper.make_node("Identity", ["hidden"], ["last_hidden_state"]))
+        outputs = [helper.make_tensor_value_info("last_hidden_state", kind, ["batch", "seq", DIM])]
+        initializers = [weights]
+    graph = helper.make_graph(nodes, "lookup", inputs, outputs, initializers)
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
+    model.ir_version = 8
+    path.parent.mkdir(parents=True, exist_ok=True)
+    onnx.save(model, str(path))
+    return path
+
+
+def repo(
+    folder: Path,
+    *,
+    config: dict[str, Any] | None = None,
+    pooling: dict[str, Any] | None = ST_MEAN,
+    normalize: bool = True,
+) -> Path:
+    """A repository folder with the number tokenizer, config.json and (with ``pooling``) a
+    sentence-transformers configuration; graphs and tables are added by the caller."""
+    folder.mkdir(parents=True, exist_ok=True)
+    (folder / "tokenizer.json").write_text(tiny.number_tokenizer_json())
+    (folder / "config.json").write_text(json.dumps(config if config is not None else {}))
+    if pooling is not None:
+        modules = [
+            {"idx": 0, "name": "0", "path": "", "type": "sentence_transformers.models.Transformer"},
+            {
+                "idx": 1,
+                "name": "1",
+                "path": "1_Pooling",
+                "type": "sentence_transformers.models.Pooling",
+            },
+        ]
+        if normalize:
+            modules.append(
+                {
+                    "idx": 2,
+                    "name": "2",
+                    "path": "2_Normalize",
+                    "type": "sentence_transformers.models.Normalize",
+                }
+            )
+        (folder / "modules.json").write_text(json.dumps(modules))
+        (folder / "1_Pooling").mkdir(exist_ok=True)
+        (folder / "1_Pooling" / "config.json").write_text(json.dumps(pooling))
+    return folder
+
+
+def _files(folder: Path) -> list[str]:
+    return sorted(p.relative_to(folder).as_posix() for p in folder.rglob("*") if p.is_file())
+
+
+@pytest.fixture
+def fake_hub(
+    monkeypatch: pytest.MonkeyPatch, tmp_path: Path
+) -> Callable[[str, Path], list[list[str]]]:
+    """``serve(repo_id, folder)`` puts ``folder`` on a pretend Hub; the list it returns gets,
+    for each download, the files sent."""
+    import huggingface_hub
+    from huggingface_hub.utils import filter_repo_objects
+
+    monkeypatch.delenv("HF_HUB_OFFLINE", raising=False)
+    monkeypatch.delenv("TRANSFORMERS_OFFLINE", raising=False)
+    remote: dict[str, Path] = {}
+    sent: list[list[str]] = []
+
+    def snapshot_download(
+        repo_id: str,
+        *,
+        revision: str | None = None,
+        cache_dir: str,
+        local_files_only: bool = False,
+        allow_patterns: list[str] | None = None,
+    ) -> str:
+        chosen = list(filter_repo_objects(_files(remote[repo_id]), allow_patterns=allow_patterns))
+        sent.append(chosen)
+        base = Path(cache_dir) / ("models--" + repo_id.replace("/", "--"))
+        snapshot = base / "snapshots" / REVISION
+        for name in chosen:
+            (snapshot / name).parent.mkdir(parents=True, exist_ok=True)
+            shutil.copy(remote[repo_id] / name, snapshot / name)
+        (base / "refs").mkdir(parents=True, exist_ok=True)
+        (base / "refs" / "main").write_text(REVISION)
+        return str(snapshot)
+
+    def list_repo_files(repo_id: str, revision: str | None = None) -> list[str]:
+        return _files(remote[repo_id])
+
+    monkeypatch.setattr(huggingface_hub, "snapshot_download", snapshot_download)
+    monkeypatch.setattr(huggingface_hub, "list_repo_files", list_repo_files)
+
+    def serve(repo_id: str, folder: Path) -> list[list[str]]:
+        remote[repo_id] = folder
+        return sent
+
+    return serve
+
+
+# ----------------------------------------------------------------------------- which files
+
+
+@pytest.mark.parametrize(
+    ("config", "weights_fetched"),
+    [({"model_type": "bert", "hidden_size": DIM}, False), ({"hidden_size": DIM}, True)],
+    ids=["model-type-only", "neither"],
+)
+def test_pytorch_weights_and_a_config_without_architectures_still_fetch_the_graph(
+    fake_hub: Callable[[str, Path], list[list[str]]],
+    tmp_path: Path,
+    config: dict[str, Any],
+    weights_fetched: bool,
+) -> None:
+    """config.json without ``architectures`` is also how older model2vec versions wrote it;
+    beside PyTorch weights and an ONNX graph, the graph is what runs and must be downloaded
+    (only what config.json says, or the table's tensors, tell a model2vec table)."""
+    folder = repo(tmp_path / "remote", config=config)
+    table = _table()
+    tables.save({"embeddings.word_embeddings.weight": table}, folder / "model.safetensors")
+    lookup_graph(folder / "onnx" / "model.onnx", table)
+    sent = fake_hub("acme/old-export", folder)
+
+    model = TextEmbedding("acme/old-export", cache_dir=tmp_path / "cache")
+
+    assert model.manifest.graph_file == "onnx/model.onnx"
+    np.testing.assert_allclose(model.encode(TEXTS), _mean(table), atol=1e-6)
+    fetched = {name for download in sent for name in download}
+    assert "onnx/model.onnx" in fetched
+    assert ("model.safetensors" in fetched) == weights_fetched
+
+
+@pytest.mark.parametrize(
+    ("config", "graph_fetched"),
+    [({"model_type": "model2vec", "normalize": True}, False), ({"normalize": True}, True)],
+    ids=["says-model2vec", "older-model2vec"],
+)
+def test_a_model2vec_repository_beside_a_graph_still_loads_its_table(
+    fake_hub: Callable[[str, Path], list[list[str]]],
+    tmp_path: Path,
+    config: dict[str, Any],
+    graph_fetched: bool,
+) -> None:
+    folder = repo(tmp_path / "remote", config=config, pooling=None)
+    table = _table(1)
+    tables.save({"embeddings": table}, folder / "model.safetensors")
+    lookup_graph(folder / "onnx" / "model.onnx", table)
+    sent = fake_hub("acme/potion-like", folder)
+
+    model = TextEmbedding("acme/potion-like", cache_dir=tmp_path / "cache")
+
+    assert model.manifest.kind == "static"
+    fetched = {name for download in sent for name in download}
+    assert "model.safetensors" in fetched
+    assert ("onnx/model.onnx" in fetched) == graph_fetched
+    np.testing.assert_allclose(model.encode(TEXTS), _mean(table), atol=1e-6)
