@@ -19,7 +19,7 @@ from typing import Any
 import numpy as np
 import pytest
 
-from slimembed import TextEmbedding, tables
+from slimembed import ModelFileError, TextEmbedding, tables
 from tests import tiny
 from tests.hub_layout import REVISION
 
@@ -232,3 +232,115 @@ def test_a_model2vec_repository_beside_a_graph_still_loads_its_table(
     assert "model.safetensors" in fetched
     assert ("onnx/model.onnx" in fetched) == graph_fetched
     np.testing.assert_allclose(model.encode(TEXTS), _mean(table), atol=1e-6)
+
+
+# ----------------------------------------------------------------------------- pooled graphs
+
+
+@pytest.mark.parametrize("normalize", [True, False])
+def test_a_graph_that_pools_runs_as_it_is_normalized_as_modules_json_says(
+    tmp_path: Path, normalize: bool
+) -> None:
+    """A sentence-transformers export whose only output is ``sentence_embedding``: no pooling
+    on top (the graph's first-token rows come out as they are), normalization only where
+    modules.json has a Normalize module."""
+    folder = repo(tmp_path / "repo", pooling=ST_CLS, normalize=normalize)
+    table = _table(2)
+    lookup_graph(folder / "onnx" / "model.onnx", table, pooled=True)
+    want = table[[_ids(t)[0] for t in TEXTS]]
+    if normalize:
+        want = want / np.linalg.norm(want, axis=1, keepdims=True)
+
+    model = TextEmbedding(folder, cache_dir=tmp_path / "cache")
+
+    assert (model.manifest.pooling, model.manifest.graph_output) == ("none", "sentence_embedding")
+    assert model.manifest.normalize is normalize
+    assert model.embedding_size == DIM
+    np.testing.assert_allclose(model.encode(TEXTS), want, atol=1e-6)
+    np.testing.assert_allclose(model.encode(TEXTS, batch_size=1), want, atol=1e-6)
+    cut = want[:, :4] / np.linalg.norm(want[:, :4], axis=1, keepdims=True) if normalize else None
+    if cut is not None:
+        np.testing.assert_allclose(np.stack(list(model.embed(TEXTS, dim=4))), cut, atol=1e-6)
+
+
+def test_a_pooled_graph_needs_no_pooling_configuration(tmp_path: Path) -> None:
+    folder = repo(tmp_path / "repo", pooling=None)
+    table = _table(3)
+    lookup_graph(folder / "model.onnx", table, pooled=True)
+
+    model = TextEmbedding(folder, cache_dir=tmp_path / "cache")
+
+    assert model.manifest.normalize is False
+    np.testing.assert_allclose(model.encode(TEXTS), table[[_ids(t)[0] for t in TEXTS]], atol=1e-6)
+
+
+# ----------------------------------------------------------------------------- float16 graphs
+
+
+def test_a_float16_graph_is_chosen_by_precision_and_gives_float32_vectors(
+    fake_hub: Callable[[str, Path], list[list[str]]], tmp_path: Path
+) -> None:
+    """Transformers.js' layout: onnx/model.onnx beside onnx/model_fp16.onnx, whose output is
+    float16; ``precision="fp16"`` picks it (and downloads only it), the default stays the
+    float32 graph."""
+    folder = repo(tmp_path / "remote")
+    table = _table(4)
+    lookup_graph(folder / "onnx" / "model.onnx", table)
+    lookup_graph(folder / "onnx" / "model_fp16.onnx", table, fp16=True)
+    lookup_graph(folder / "onnx" / "model_quantized.onnx", table)
+    sent = fake_hub("acme/tjs", folder)
+
+    half = TextEmbedding("acme/tjs", cache_dir=tmp_path / "cache", precision="fp16")
+
+    assert half.precision == "fp16"
+    assert half.manifest.graph_file == "onnx/model_fp16.onnx"
+    assert not any("onnx/model.onnx" in download for download in sent)
+    vectors = half.encode(TEXTS)
+    assert vectors.dtype == np.float32
+    np.testing.assert_allclose(
+        vectors, _mean(table.astype(np.float16).astype(np.float32)), atol=1e-3
+    )
+    full = TextEmbedding("acme/tjs", cache_dir=tmp_path / "cache")
+    assert (full.precision, full.manifest.graph_file) == ("fp32", "onnx/model.onnx")
+    np.testing.assert_allclose(full.encode(TEXTS), _mean(table), atol=1e-6)
+
+
+def test_a_float16_graph_with_a_kv_cache_gets_float16_past_tensors(tmp_path: Path) -> None:
+    folder = repo(tmp_path / "repo")
+    table = _table(5)
+    lookup_graph(folder / "onnx" / "model_fp16.onnx", table, fp16=True, past_layers=2)
+
+    model = TextEmbedding(folder, cache_dir=tmp_path / "cache", precision="fp16")
+
+    assert "past_key_values" in model.manifest.graph_inputs
+    feeds = model.backend.runner.feeds(  # type: ignore[union-attr]
+        model.backend.runner.pad(  # type: ignore[union-attr]
+            model.backend.encode(TEXTS, model.manifest.document.plan()), np.arange(2)
+        )
+    )
+    assert feeds["past_key_values.1.value"].dtype == np.float16
+    assert feeds["past_key_values.1.value"].shape == (2, 2, 0, 4)
+    np.testing.assert_allclose(
+        model.encode(TEXTS), _mean(table.astype(np.float16).astype(np.float32)), atol=1e-3
+    )
+
+
+def test_a_graph_of_another_output_type_is_refused_naming_it(tmp_path: Path) -> None:
+    import onnx
+    from onnx import TensorProto, helper
+
+    folder = repo(tmp_path / "repo", config={"hidden_size": DIM})
+    inputs = [
+        helper.make_tensor_value_info(n, TensorProto.INT64, ["batch", "seq"])
+        for n in ("input_ids", "attention_mask")
+    ]
+    out = helper.make_tensor_value_info("last_hidden_state", TensorProto.DOUBLE, ["b", "s", DIM])
+    node = helper.make_node("Cast", ["input_ids"], ["last_hidden_state"], to=TensorProto.DOUBLE)
+    model = helper.make_model(
+        helper.make_graph([node], "g", inputs, [out]), opset_imports=[helper.make_opsetid("", 17)]
+    )
+    model.ir_version = 8
+    (folder / "onnx").mkdir()
+    onnx.save(model, str(folder / "onnx" / "model.onnx"))
+    with pytest.raises(ModelFileError, match="float32 or float16"):
+        TextEmbedding(folder, cache_dir=tmp_path / "cache")

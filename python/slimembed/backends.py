@@ -20,7 +20,7 @@ import numpy.typing as npt
 from slimembed import _core
 from slimembed.batching import plan_batches
 from slimembed.errors import ManifestError, ModelFileError, NonFiniteError, ProviderError
-from slimembed.manifest import MANIFEST_FILE, Manifest, PromptPlan, model_file
+from slimembed.manifest import MANIFEST_FILE, POOLED, Manifest, PromptPlan, model_file
 from slimembed.runner import GraphRunner
 from slimembed.session import CPU, Provider, choose_precision, provider_name
 
@@ -112,14 +112,16 @@ class TransformerBackend(_Tokenized):
         for picked in plan_batches(lengths[nonempty], batch_size, self.max_tokens):
             rows = nonempty[picked]
             batch = self.runner.pad(encoded, rows)
+            hidden, mask = self.runner.run(batch), batch.mask
+            pooling, skip = m.pooling, batch.skip if skip_instruction else None
+            if pooling == POOLED:
+                # The graph pooled: each vector is the mean of one token, itself, so the same
+                # kernel normalizes, cuts to ``dim`` and checks for non-finite values.
+                hidden, mask = hidden[:, None, :], np.ones((len(rows), 1), np.int64)
+                pooling, skip = "mean", None
             try:
                 out[rows] = _core.pool(
-                    self.runner.run(batch),
-                    batch.mask,
-                    m.pooling,
-                    skip=batch.skip if skip_instruction else None,
-                    normalize=m.normalize,
-                    dim=dim,
+                    hidden, mask, pooling, skip=skip, normalize=m.normalize, dim=dim
                 )
             except _core.NonFiniteRow as err:
                 raise NonFiniteError(int(rows[err.args[1]])) from None

@@ -19,6 +19,10 @@ MANIFEST_FILE = "slimembed.json"
 FORMAT = "slimembed-model"
 VERSION = 1
 POOLING_MODES: tuple[str, ...] = tuple(_core.POOLING_MODES)
+# pooling "none": the graph pools itself and gives one (batch, dim) vector per text (a
+# sentence-transformers export whose only output is sentence_embedding); only normalization
+# and Matryoshka truncation are left to do.
+POOLED = "none"
 PADDING_SIDES = ("left", "right")
 PRECISIONS = ("fp32", "fp16", "int8")
 KINDS = ("transformer", "static")
@@ -151,7 +155,12 @@ class Manifest:
             f"precisions among {PRECISIONS} other than the main graph's {self.precision!r}",
         )
         _check(self.kind in KINDS, "kind", self.kind, f"one of {KINDS}")
-        _check(self.pooling in POOLING_MODES, "pooling", self.pooling, f"one of {POOLING_MODES}")
+        _check(
+            self.pooling in POOLING_MODES or (self.pooling == POOLED and self.task == "embed"),
+            "pooling",
+            self.pooling,
+            f"one of {POOLING_MODES}, or {POOLED!r} for a graph that pools",
+        )
         _check(
             self.padding_side in PADDING_SIDES, "padding_side", self.padding_side, "left or right"
         )

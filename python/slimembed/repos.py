@@ -34,7 +34,7 @@ import numpy as np
 
 from slimembed import _core, env, registry, tables
 from slimembed.errors import ManifestError, ModelFileError
-from slimembed.manifest import MANIFEST_FILE, Manifest, Prompt
+from slimembed.manifest import MANIFEST_FILE, POOLED, Manifest, Prompt
 from slimembed.static_model import unknown_token_id, write_static_model
 
 # Under the cache: manifests built for graph repositories, static models converted from tables.
@@ -62,6 +62,8 @@ ST_STATIC = "StaticEmbedding"
 DEFAULT_GRAPHS = ("onnx/model.onnx", "model.onnx")
 # Graph outputs of per-token hidden states, as exporters name them.
 HIDDEN_OUTPUTS = ("last_hidden_state", "token_embeddings")
+# A graph output already pooled, (batch, dim): run as it is where no per-token output exists.
+POOLED_OUTPUTS = ("sentence_embedding",)
 # Graph file names that say their precision (everything else is taken as float32).
 _INT8_MARKS = ("qint8", "quint8", "int8", "uint8", "quantized")
 _FP16_MARKS = ("fp16", "float16")
@@ -395,8 +397,11 @@ def graph_manifest(model_dir: Path, graph: str, source_id: str, revision: str | 
     # The repository's own configuration first; a registry entry fills what it leaves out.
     spec = registry.find(source_id)
     recipe = spec.recipe if spec else None
-    pooling = (st and st.pooling) or (recipe and recipe.pooling)
-    pooling = pooling or ("last_token" if decoder else None)
+    if output in POOLED_OUTPUTS:
+        pooling: str | None = POOLED  # the graph pools as its Pooling module says
+    else:
+        pooling = (st and st.pooling) or (recipe and recipe.pooling)
+        pooling = pooling or ("last_token" if decoder else None)
     if pooling is None:
         raise ManifestError(
             f"{source_id} says nothing of pooling (no sentence-transformers Pooling module "
@@ -472,8 +477,9 @@ def _recipe_prompt(recipe: registry.PromptRecipe, tokenizer: Any, eos: int | Non
 
 
 def _graph_io(path: Path) -> tuple[tuple[str, ...], str, int | None]:
-    """The graph's inputs (KV-cache inputs as ``past_key_values``), its hidden-state output and
-    that output's width where the graph declares it."""
+    """The graph's inputs (KV-cache inputs as ``past_key_values``), the output to run (per-token
+    hidden states, else an already pooled ``sentence_embedding``) and that output's width
+    where the graph declares it."""
     import onnxruntime as ort
 
     from slimembed.manifest import GRAPH_INPUTS, PAST
@@ -493,13 +499,15 @@ def _graph_io(path: Path) -> tuple[tuple[str, ...], str, int | None]:
             f"slimembed feeds {list(GRAPH_INPUTS[:-1])} and past_key_values.N.key/value"
         )
     outputs = {o.name: o for o in session.get_outputs()}
-    output = next((n for n in HIDDEN_OUTPUTS if n in outputs), None)
+    output = next((n for n in (*HIDDEN_OUTPUTS, *POOLED_OUTPUTS) if n in outputs), None)
     if output is None:
         raise ModelFileError(
-            f"{path}: no per-token output ({HIDDEN_OUTPUTS}) among {sorted(outputs)}"
+            f"{path}: no per-token output ({HIDDEN_OUTPUTS}) nor pooled one ({POOLED_OUTPUTS}) "
+            f"among {sorted(outputs)}"
         )
     shape = outputs[output].shape
-    width = shape[2] if len(shape) == 3 and isinstance(shape[2], int) else None
+    rank = 2 if output in POOLED_OUTPUTS else 3
+    width = shape[-1] if len(shape) == rank and isinstance(shape[-1], int) else None
     return inputs, output, width
 
 

@@ -140,9 +140,10 @@ class GraphRunner:
     def run(
         self, batch: Batch, extra: Mapping[str, Int64Array] | None = None
     ) -> npt.NDArray[np.float32]:
-        """The graph's output for one batch: float32 ``(batch, seq, dim)`` hidden states for an
-        embedder, ``(batch, targets)`` log-probabilities for a reranker."""
-        out: npt.NDArray[np.float32] = self.load().run(
+        """The graph's output for one batch as float32 (a float16 graph's cast): ``(batch,
+        seq, dim)`` hidden states for an embedder (``(batch, dim)`` where the graph pools),
+        ``(batch, targets)`` log-probabilities for a reranker."""
+        out: npt.NDArray[Any] = self.load().run(
             [self.manifest.graph_output], self.feeds(batch, extra)
         )[0]
-        return out
+        return out.astype(np.float32, copy=False)

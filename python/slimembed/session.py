@@ -20,10 +20,13 @@ import onnxruntime as ort
 
 from slimembed import _core, env
 from slimembed.errors import ModelFileError, ProviderError
-from slimembed.manifest import PAST, Manifest, model_file
+from slimembed.manifest import PAST, POOLED, Manifest, model_file
 
 # ONNX tensor types a KV cache's inputs may have, as ONNX Runtime names them.
 PAST_DTYPES = {"tensor(float)": np.float32, "tensor(float16)": np.float16}
+# ONNX tensor types an output may have: float16 (Transformers.js' model_fp16.onnx) is cast to
+# float32 by the runner, so the kernels still see float32.
+OUTPUT_TYPES = ("tensor(float)", "tensor(float16)")
 CPU = "CPUExecutionProvider"
 CUDA = "CUDAExecutionProvider"
 # An execution provider as ONNX Runtime takes it: a name, or a name and its options.
@@ -219,8 +222,9 @@ def _beside_its_data(model_dir: Path, graph_file: str) -> Path:
 
 
 def check_graph(session: ort.InferenceSession, manifest: Manifest, path: Path) -> None:
-    """The graph takes the manifest's int64 inputs and gives a float32 (batch, seq, dim) output
-    (an embedder) or (batch, targets) log-probabilities (a reranker)."""
+    """The graph takes the manifest's int64 inputs and gives a float32 or float16 (batch, seq,
+    dim) output (an embedder; (batch, dim) where the graph pools) or (batch, targets)
+    log-probabilities (a reranker)."""
     inputs = {i.name: i for i in session.get_inputs()}
     past = {name for name in inputs if name.startswith(PAST + ".")}
     declared = set(inputs) - past | ({PAST} if past else set())
@@ -243,13 +247,17 @@ def check_graph(session: ort.InferenceSession, manifest: Manifest, path: Path) -
         raise ModelFileError(
             f"{path}: no output {manifest.graph_output!r} (outputs: {sorted(outputs)})"
         )
-    rank, shape = (2, "(batch, targets)") if manifest.task == "rerank" else (3, "(batch, seq, dim)")
-    if out.type != "tensor(float)" or len(out.shape) != rank:
+    if manifest.task == "rerank":
+        rank, shape = 2, "(batch, targets)"
+    elif manifest.pooling == POOLED:
+        rank, shape = 2, "(batch, dim)"
+    else:
+        rank, shape = 3, "(batch, seq, dim)"
+    if out.type not in OUTPUT_TYPES or len(out.shape) != rank:
         raise ModelFileError(
             f"{path}: output {out.name!r} is {out.type} of rank {len(out.shape)}; the contract "
-            f"says float32 {shape}"
+            f"says float32 or float16 {shape}"
         )
-    if rank == 3 and isinstance(out.shape[2], int) and out.shape[2] != manifest.dim:
-        raise ModelFileError(
-            f"{path}: output dim {out.shape[2]} but the manifest says {manifest.dim}"
-        )
+    width = out.shape[-1] if manifest.task == "embed" else None
+    if isinstance(width, int) and width != manifest.dim:
+        raise ModelFileError(f"{path}: output dim {width} but the manifest says {manifest.dim}")
