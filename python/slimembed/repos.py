@@ -397,11 +397,10 @@ def graph_manifest(model_dir: Path, graph: str, source_id: str, revision: str | 
     # The repository's own configuration first; a registry entry fills what it leaves out.
     spec = registry.find(source_id)
     recipe = spec.recipe if spec else None
+    pooling = (st and st.pooling) or (recipe and recipe.pooling)
+    pooling = pooling or ("last_token" if decoder else None)
     if output in POOLED_OUTPUTS:
-        pooling: str | None = POOLED  # the graph pools as its Pooling module says
-    else:
-        pooling = (st and st.pooling) or (recipe and recipe.pooling)
-        pooling = pooling or ("last_token" if decoder else None)
+        pooling = POOLED  # the graph pools, as its Pooling module says
     if pooling is None:
         raise ManifestError(
             f"{source_id} says nothing of pooling (no sentence-transformers Pooling module "
