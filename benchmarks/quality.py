@@ -5,7 +5,7 @@ Any engine plugs in as a function from a list of texts to a (n, dim) array.
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 
 import numpy as np
 
@@ -49,10 +49,18 @@ def ndcg_at_10(
 ) -> float:
     """Mean nDCG@10 over queries; ``scores`` is (queries, docs)."""
     top = np.argsort(-scores, axis=1)[:, :10]
+    return ranked_ndcg_at_10([[doc_ids[d] for d in row] for row in top], query_ids, qrels)
+
+
+def ranked_ndcg_at_10(
+    rankings: Sequence[Sequence[str]], query_ids: list[str], qrels: dict[str, dict[str, int]]
+) -> float:
+    """Mean nDCG@10 over queries from each query's ranked document ids, best first (what a
+    vector store returns)."""
     total = 0.0
-    for qi, qid in enumerate(query_ids):
+    for ranking, qid in zip(rankings, query_ids, strict=True):
         rels = qrels.get(qid, {})
-        gains = [rels.get(doc_ids[d], 0) for d in top[qi]]
+        gains = [rels.get(d, 0) for d in ranking[:10]]
         dcg = sum(g / np.log2(i + 2) for i, g in enumerate(gains))
         ideal = sorted(rels.values(), reverse=True)[:10]
         idcg = sum(g / np.log2(i + 2) for i, g in enumerate(ideal))

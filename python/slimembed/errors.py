@@ -55,3 +55,20 @@ class TooLongError(SlimembedError, ValueError):
 
     def __reduce__(self) -> tuple[type[TooLongError], tuple[str, int]]:
         return (TooLongError, (str(self), self.index))
+
+
+class DimensionMismatchError(SlimembedError, ValueError):
+    """A vector store's collection or table holds vectors of another dim than the model gives
+    (``found`` and ``dim``): writing into it, or searching it, would mix two models' vectors."""
+
+    def __init__(self, store: str, found: int, model: str, dim: int) -> None:
+        super().__init__(
+            f"{store} holds {found}-d vectors but the model {model!r} gives {dim}-d vectors: "
+            "use the model that filled it, or a new collection or table. TextEmbedding() with "
+            "no name is slimembed's 256-d static default, not fastembed's 384-d "
+            "BAAI/bge-small-en-v1.5."
+        )
+        self.store, self.found, self.model, self.dim = store, found, model, dim
+
+    def __reduce__(self) -> tuple[type[DimensionMismatchError], tuple[str, int, str, int]]:
+        return (DimensionMismatchError, (self.store, self.found, self.model, self.dim))
