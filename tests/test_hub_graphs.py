@@ -21,7 +21,7 @@ import pytest
 
 from slimembed import ModelFileError, TextEmbedding, tables
 from tests import tiny
-from tests.hub_layout import REVISION
+from tests.hub_layout import REVISION, hub_cache
 
 VOCAB, DIM = 51, 8
 TEXTS = ["3 17 4", "9", "1 2 3 4 5 6", "42 42"]
@@ -344,3 +344,25 @@ def test_a_graph_of_another_output_type_is_refused_naming_it(tmp_path: Path) -> 
     onnx.save(model, str(folder / "onnx" / "model.onnx"))
     with pytest.raises(ModelFileError, match="float32 or float16"):
         TextEmbedding(folder, cache_dir=tmp_path / "cache")
+
+
+# ----------------------------------------------------------------------------- cache layout
+
+
+def test_a_snapshot_of_the_hub_cache_names_its_repository_and_commit(tmp_path: Path) -> None:
+    from slimembed import hub
+
+    folder = repo(tmp_path / "files")
+    snapshot = hub_cache(tmp_path / "hub", "acme/some--model", folder)
+
+    assert hub.snapshot_repo(snapshot) == "acme/some--model"
+    assert hub.snapshot_revision(snapshot) == REVISION
+    assert hub.adopted_dir(snapshot, tmp_path) == (
+        tmp_path / "adopted" / "models--acme--some--model" / REVISION
+    )
+    # Folders that only look like it: no models-- repository above snapshots/, or no snapshots/.
+    lookalike = tmp_path / "plain" / "snapshots" / REVISION
+    lookalike.mkdir(parents=True)
+    for other in (lookalike, folder, snapshot.parent):
+        assert (hub.snapshot_repo(other), hub.snapshot_revision(other)) == (None, None)
+    assert hub.adopted_dir(lookalike, tmp_path).parent == tmp_path / "adopted" / "local"

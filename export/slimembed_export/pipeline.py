@@ -121,7 +121,7 @@ def _export_static(
         source,
         _static_precision(opts.precision),
         opts.max_length,
-        opts.revision or _snapshot_revision(model_dir),
+        opts.revision or hub.snapshot_revision(model_dir),
     )
     if opts.normalize is not None:
         manifest = manifest.with_changes(normalize=opts.normalize)
@@ -339,7 +339,7 @@ def _source_info(
 
     return {
         "id": source,
-        "revision": opts.revision or _snapshot_revision(model_dir),
+        "revision": opts.revision or hub.snapshot_revision(model_dir),
         "architecture": (config.get("architectures") or [config.get("model_type")])[0],
         "model_type": config.get("model_type"),
         "exporter": exporter,
@@ -459,8 +459,3 @@ def _max_length(
     if chosen and positions and chosen > positions:
         raise ExportError(f"max_length {chosen} exceeds the model's {positions} positions")
     return int(chosen) if chosen else None
-
-
-def _snapshot_revision(model_dir: Path) -> str | None:
-    """The commit of a hub-cache snapshot (…/snapshots/<commit>), None for a plain directory."""
-    return model_dir.name if model_dir.parent.name == "snapshots" else None

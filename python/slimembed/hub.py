@@ -13,6 +13,7 @@ cached model's cold start. Online, and for anything not in the cache, huggingfac
 
 from __future__ import annotations
 
+import hashlib
 import os
 from pathlib import Path
 
@@ -20,8 +21,10 @@ from slimembed import env, registry, repos
 from slimembed.errors import ManifestError, ModelFileError, UnknownModelError
 from slimembed.manifest import MANIFEST_FILE, Manifest
 
-# Under the cache: registry models exported by `slimembed export NAME`.
+# Under the cache: registry models exported by `slimembed export NAME`; what the runtime makes
+# for a repository without a manifest (the manifests it builds, static tables it converts).
 EXPORTED = "exported"
+ADOPTED = "adopted"
 # Fetched first from a hub repository: its manifest, or the configuration files that say
 # which layout it is and how it embeds (modules.json, 1_Pooling/config.json, tokenizer.json).
 METADATA = ("*.json",)
@@ -134,11 +137,11 @@ def open_model(
     elif task != "rerank":
         model_dir, manifest = repos.adopt(
             model_dir,
-            source_id=_snapshot_repo(model_dir) or str(model),
-            revision=_snapshot_revision(model_dir),
+            source_id=snapshot_repo(model_dir) or str(model),
+            revision=snapshot_revision(model_dir),
             model_file=model_file,
             precision=precision,
-            cache_dir=cache_dir,
+            store=adopted_dir(model_dir, cache_dir),
         )
     else:
         raise ManifestError(
@@ -184,18 +187,35 @@ def snapshot(
     return _download(_repo_id(str(model)), cache_dir, revision, local_files_only, allow_patterns)
 
 
-def _snapshot_repo(model_dir: Path) -> str | None:
-    """The repository id of a hub-cache snapshot (``models--org--name/snapshots/<commit>``),
-    None for any other folder."""
-    repo = model_dir.parent.parent.name
-    if model_dir.parent.name != "snapshots" or not repo.startswith("models--"):
+def snapshot_repo(path: Path) -> str | None:
+    """The repository id of ``path`` where it is a snapshot in a Hugging Face hub cache
+    (``<cache>/models--org--name/snapshots/<commit>``), None for any other folder."""
+    repo = path.parent.parent.name
+    if path.parent.name != "snapshots" or not repo.startswith("models--"):
         return None
     return repo.removeprefix("models--").replace("--", "/", 1)
 
 
-def _snapshot_revision(model_dir: Path) -> str | None:
-    """The commit of a hub-cache snapshot (``.../snapshots/<commit>``), None for a folder."""
-    return model_dir.name if model_dir.parent.name == "snapshots" else None
+def snapshot_revision(path: Path) -> str | None:
+    """The commit of ``path`` where it is a hub-cache snapshot (see ``snapshot_repo``), None
+    for any other folder."""
+    return path.name if snapshot_repo(path) is not None else None
+
+
+def adopted_dir(model_dir: Path, cache_dir: str | os.PathLike[str] | None = None) -> Path:
+    """Where what slimembed makes for a folder without a manifest lives:
+    ``<cache>/adopted/models--org--name/<commit>`` for a hub snapshot (a commit never
+    changes), ``<cache>/adopted/local/<key>`` for any other folder."""
+    root = Path(cache_dir or env.cache_dir()) / ADOPTED
+    repo, revision = snapshot_repo(model_dir), snapshot_revision(model_dir)
+    if repo is not None and revision is not None:
+        return root / model_dir.parent.parent.name / revision
+    # A local folder may change in place: its key covers each file's name, size and mtime.
+    key = hashlib.sha256(str(model_dir.resolve()).encode())
+    for name in repos.listing(model_dir):
+        info = (model_dir / name).stat()
+        key.update(f"\0{name}\0{info.st_size}\0{info.st_mtime_ns}".encode())
+    return root / "local" / key.hexdigest()[:24]
 
 
 def _repo_files(

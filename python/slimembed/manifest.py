@@ -400,10 +400,13 @@ def model_file(model_dir: Path, name: str, field_name: str = "file") -> Path:
     """``model_dir / name``, refused with ManifestError unless it resolves inside
     ``model_dir``; in a Hugging Face cache snapshot (``models--org--name/snapshots/REV``), a
     symlink into that repository's ``blobs/`` is the one allowed way out."""
+    # hub imports this module; the cache layout is hub's to know, so it is asked at call time.
+    from slimembed.hub import snapshot_repo
+
     path = model_dir / name
     real = path.resolve()
     roots = [model_dir.resolve()]
-    if model_dir.parent.name == "snapshots":
+    if snapshot_repo(model_dir) is not None:
         roots.append((model_dir.parent.parent / "blobs").resolve())
     if not _safe_name(name) or not any(real.is_relative_to(root) for root in roots):
         raise ManifestError(

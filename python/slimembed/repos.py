@@ -21,7 +21,6 @@ numpy only; ``slimembed export`` reads sources through them too.
 
 from __future__ import annotations
 
-import hashlib
 import json
 import os
 import shutil
@@ -32,13 +31,11 @@ from typing import Any
 
 import numpy as np
 
-from slimembed import _core, env, registry, tables
+from slimembed import _core, registry, tables
 from slimembed.errors import ManifestError, ModelFileError
 from slimembed.manifest import MANIFEST_FILE, POOLED, Manifest, Prompt
 from slimembed.static_model import unknown_token_id, write_static_model
 
-# Under the cache: manifests built for graph repositories, static models converted from tables.
-ADOPTED = "adopted"
 # Model types whose base model is a causal decoder; everything else is an encoder.
 DECODER_TYPES = frozenset(
     {
@@ -261,9 +258,10 @@ def adopt(
     revision: str | None = None,
     model_file: str | None = None,
     precision: str | None = None,
-    cache_dir: str | os.PathLike[str] | None = None,
+    store: Path,
 ) -> tuple[Path, Manifest]:
-    """The model directory and manifest that run the repository folder ``model_dir``.
+    """The model directory and manifest that run the repository folder ``model_dir``; what is
+    made for it (manifests, a converted table) is kept under ``store`` (``hub.adopted_dir``).
 
     ``model_file`` picks a graph (fastembed's name for it, a path inside the folder); else
     ``precision`` picks among the folder's graphs where one file matches, else the float32
@@ -272,13 +270,13 @@ def adopt(
     if kind is not None:
         if model_file is not None:
             raise ValueError(f"{source_id} is a static model: it has no graph to choose")
-        return _adopt_static(model_dir, kind, source_id, revision, precision, cache_dir)
+        return _adopt_static(model_dir, kind, source_id, revision, precision, store)
     files = listing(model_dir)
     graphs = graph_files(files)
     if not graphs:
         raise ManifestError(_nothing_to_run(model_dir, source_id, files))
     graph = choose_graph(graphs, model_file, precision, source_id)
-    cached = _adopted_dir(model_dir, cache_dir) / (graph.replace("/", "%") + ".json")
+    cached = store / (graph.replace("/", "%") + ".json")
     if cached.is_file():
         try:
             return model_dir, Manifest.from_dict(read_json(cached), origin=str(cached))
@@ -579,12 +577,12 @@ def _adopt_static(
     source_id: str,
     revision: str | None,
     precision: str | None,
-    cache_dir: str | os.PathLike[str] | None,
+    store: Path,
 ) -> tuple[Path, Manifest]:
     """A static model directory made from a model2vec or StaticEmbedding folder, once."""
     source = read_static(model_dir, kind)
     chosen = precision or source.precision
-    out = _adopted_dir(model_dir, cache_dir) / f"static-{chosen}"
+    out = store / f"static-{chosen}"
     if (out / MANIFEST_FILE).is_file():
         return out, Manifest.load(out)
     out.parent.mkdir(parents=True, exist_ok=True)
@@ -638,21 +636,6 @@ def write_static_source(
             "vocabulary": len(source.mapping) if source.mapping is not None else rows,
         },
     )
-
-
-def _adopted_dir(model_dir: Path, cache_dir: str | os.PathLike[str] | None) -> Path:
-    """Where what slimembed makes for ``model_dir`` lives: ``<cache>/adopted/<repo>/<commit>``
-    for a hub snapshot (a commit never changes), ``<cache>/adopted/local/<key>`` for any other
-    folder."""
-    root = Path(cache_dir or env.cache_dir()) / ADOPTED
-    if model_dir.parent.name == "snapshots" and model_dir.parent.parent.name.startswith("models--"):
-        return root / model_dir.parent.parent.name / model_dir.name
-    # A local folder may change in place: its key covers each file's name, size and mtime.
-    key = hashlib.sha256(str(model_dir.resolve()).encode())
-    for name in listing(model_dir):
-        info = (model_dir / name).stat()
-        key.update(f"\0{name}\0{info.st_size}\0{info.st_mtime_ns}".encode())
-    return root / "local" / key.hexdigest()[:24]
 
 
 def _write_atomically(path: Path, text: str) -> None:
