@@ -35,9 +35,10 @@ SLICE_DOCS = 500
 
 @pytest.fixture
 def prompted(variant: Callable[..., Path]) -> Path:
-    """The embedded default with a query prompt and a document prompt that differ."""
+    """The embedded default with a query prompt and a document prompt that differ, and a
+    query instruction (empty by default)."""
     manifest = json.loads((DEFAULT_MODEL_DIR / "slimembed.json").read_text())
-    query = {**manifest["query"], "template": "query: {text}"}
+    query = {**manifest["query"], "template": "{instruction} query: {text}", "instruction": ""}
     document = {**manifest["document"], "template": "passage: {text}"}
     return variant(DEFAULT_MODEL_DIR, query=query, document=document)
 
@@ -79,6 +80,24 @@ def _ticks_during(awaitable: Any) -> tuple[Any, int]:
         return task.result(), ticks
 
     return asyncio.run(main())
+
+
+def test_the_query_instruction_reaches_queries_only(prompted: Path) -> None:
+    pytest.importorskip("langchain_core")
+    pytest.importorskip("llama_index.core")
+    from slimembed.integrations.langchain import SlimembedEmbeddings
+    from slimembed.integrations.llamaindex import SlimembedEmbedding
+
+    model = TextEmbedding(str(prompted))
+    instructed = model.encode([QUERY], prompt="query", instruction="guitar")[0]
+    assert not np.allclose(instructed, model.encode([QUERY], prompt="query")[0])
+    langchain = SlimembedEmbeddings(str(prompted), instruction="guitar")
+    llamaindex = SlimembedEmbedding(str(prompted), instruction="guitar")
+    np.testing.assert_array_equal(langchain.embed_query(QUERY), instructed)
+    np.testing.assert_array_equal(llamaindex.get_query_embedding(QUERY), instructed)
+    documents = model.encode(TEXTS, prompt="document")
+    np.testing.assert_array_equal(langchain.embed_documents(TEXTS), documents)
+    np.testing.assert_array_equal(llamaindex.get_text_embedding_batch(TEXTS), documents)
 
 
 # ---- LangChain ------------------------------------------------------------------------------
@@ -174,6 +193,20 @@ def test_llamaindex_vectors_are_text_embeddings(prompted: Path) -> None:
     query = embed_model.get_query_embedding(QUERY)
     np.testing.assert_array_equal(query, model.encode([QUERY], prompt="query")[0])
     assert not np.allclose(query, model.encode([QUERY], prompt="document")[0])
+
+
+def test_llamaindex_round_trips_through_to_dict(prompted: Path) -> None:
+    pytest.importorskip("llama_index.core")
+    from slimembed.integrations.llamaindex import SlimembedEmbedding
+
+    for name in (str(prompted), None):
+        embed_model = SlimembedEmbedding(
+            name, instruction="Find it", model_kwargs={"threads": 1}, num_workers=2
+        )
+        again = SlimembedEmbedding.from_dict(embed_model.to_dict())
+        assert (again.model.threads, again.instruction, again.num_workers) == (1, "Find it", 2)
+        assert again.get_query_embedding(QUERY) == embed_model.get_query_embedding(QUERY)
+        assert again.get_text_embedding(QUERY) == embed_model.get_text_embedding(QUERY)
 
 
 def test_llamaindex_async_runs_off_the_event_loop(prompted: Path) -> None:
@@ -279,6 +312,23 @@ def test_qdrant_search_returns_nearest_documents() -> None:
     assert hits[0].payload == {"text": NOTES[0]}
     np.testing.assert_allclose([p.score for p in hits], np.sort(cosines)[::-1][:3], atol=1e-6)
     assert qdrant.search(client, "notes", model, []) == []
+
+
+def test_qdrant_named_vector_collection() -> None:
+    pytest.importorskip("qdrant_client")
+    from qdrant_client import QdrantClient
+
+    from slimembed.integrations import qdrant
+
+    client, model = QdrantClient(":memory:"), TextEmbedding()
+    qdrant.index(client, "named", model, NOTES, ids=range(4), vector_name="slimembed")
+    vectors = client.get_collection("named").config.params.vectors
+    assert isinstance(vectors, dict)
+    assert vectors["slimembed"].size == 256
+    (hits,) = qdrant.search(client, "named", model, [QUERY], limit=1, vector_name="slimembed")
+    assert hits[0].id == 0
+    with pytest.raises(ValueError, match=r"named vectors \['slimembed'\]: pass one"):
+        qdrant.search(client, "named", model, [QUERY])
 
 
 def test_qdrant_refuses_a_collection_of_another_dim() -> None:

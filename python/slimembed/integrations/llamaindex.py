@@ -19,22 +19,32 @@ from typing import Any
 
 from llama_index.core.base.embeddings.base import BaseEmbedding, Embedding
 from llama_index.core.bridge.pydantic import Field, PrivateAttr
-from llama_index.core.callbacks import CallbackManager
 
-from slimembed.text_embedding import DEFAULT_BATCH_SIZE, TextEmbedding
+from slimembed.text_embedding import DEFAULT_BATCH_SIZE, DEFAULT_MODEL_DIR, TextEmbedding
 
 
 class SlimembedEmbedding(BaseEmbedding):
     """A LlamaIndex embedding model that embeds with a slimembed ``TextEmbedding``.
 
-    ``model_name`` is what ``TextEmbedding`` loads (``None``: the embedded 256-d static
-    default, not fastembed's 384-d BAAI/bge-small-en-v1.5); ``instruction`` replaces the
-    query prompt's default task instruction; other keywords go to ``TextEmbedding``
-    (``threads``, ``cuda``, ``max_length``, ``cache_dir``, ``precision``, ...).
+    Args:
+        model_name: what ``TextEmbedding`` loads: a model directory, a registry name or a hub
+            id; ``None``: the embedded 256-d static default (not fastembed's 384-d
+            BAAI/bge-small-en-v1.5), whose directory the ``model_name`` field then holds, so
+            that ``from_dict(to_dict())`` loads the same model.
+        embed_batch_size: texts per ``encode`` call.
+        instruction: replaces the query prompt's default task instruction (decoder
+            embedders such as Qwen3-Embedding); ``None`` keeps the model's.
+        model_kwargs: ``TextEmbedding``'s other arguments (``threads``, ``cuda``,
+            ``max_length``, ``cache_dir``, ``precision``, ...). A dict, not loose keywords,
+            because the loose ones are ``BaseEmbedding``'s (``callback_manager``,
+            ``num_workers``, ``embeddings_cache``, ...), which ``from_dict`` passes back.
     """
 
     instruction: str | None = Field(
         default=None, description="Replaces the query prompt's default task instruction."
+    )
+    model_kwargs: dict[str, Any] = Field(
+        default_factory=dict, description="TextEmbedding's arguments besides the model name."
     )
     _model: TextEmbedding = PrivateAttr()
 
@@ -44,16 +54,18 @@ class SlimembedEmbedding(BaseEmbedding):
         *,
         embed_batch_size: int = DEFAULT_BATCH_SIZE,
         instruction: str | None = None,
-        callback_manager: CallbackManager | None = None,
-        **model_kwargs: Any,
+        model_kwargs: dict[str, Any] | None = None,
+        **kwargs: Any,
     ) -> None:
-        model = TextEmbedding(model_name, **model_kwargs)
+        options = dict(model_kwargs or {})
+        model = TextEmbedding(model_name, **options)
         super().__init__(
-            model_name=model.model_name,
+            model_name=str(DEFAULT_MODEL_DIR if model_name is None else model_name),
             embed_batch_size=embed_batch_size,
-            callback_manager=CallbackManager([]) if callback_manager is None else callback_manager,
+            **kwargs,
         )
         self.instruction = instruction
+        self.model_kwargs = options
         self._model = model
 
     @classmethod
