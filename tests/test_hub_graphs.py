@@ -13,6 +13,7 @@ from __future__ import annotations
 import json
 import shutil
 from collections.abc import Callable
+from enum import Enum
 from pathlib import Path
 from typing import Any
 
@@ -20,6 +21,7 @@ import numpy as np
 import pytest
 
 from slimembed import ModelFileError, TextEmbedding, tables
+from slimembed.errors import ManifestError
 from tests import tiny
 from tests.hub_layout import REVISION, hub_cache
 
@@ -366,3 +368,111 @@ def test_a_snapshot_of_the_hub_cache_names_its_repository_and_commit(tmp_path: P
     for other in (lookalike, folder, snapshot.parent):
         assert (hub.snapshot_repo(other), hub.snapshot_revision(other)) == (None, None)
     assert hub.adopted_dir(lookalike, tmp_path).parent == tmp_path / "adopted" / "local"
+
+
+# ----------------------------------------------------------------------------- fastembed's registry
+
+
+FASTEMBED_FIELDS = {
+    "model",
+    "sources",
+    "model_file",
+    "description",
+    "license",
+    "size_in_GB",
+    "additional_files",
+    "dim",
+    "tasks",
+}
+
+
+class PoolingType(str, Enum):
+    """fastembed.common.model_description.PoolingType, as a fastembed user passes it."""
+
+    CLS = "CLS"
+    MEAN = "MEAN"
+    LAST_TOKEN = "LAST_TOKEN"
+    DISABLED = "DISABLED"
+
+
+def test_list_supported_models_has_fastembeds_fields() -> None:
+    listed = TextEmbedding.list_supported_models()
+
+    assert all(set(m) >= FASTEMBED_FIELDS for m in listed)
+    minilm = next(m for m in listed if m["name"] == "all-MiniLM-L6-v2")
+    assert minilm["model"] == "sentence-transformers/all-MiniLM-L6-v2"
+    assert minilm["sources"] == {"hf": "sentence-transformers/all-MiniLM-L6-v2", "url": None}
+    assert (minilm["model_file"], minilm["dim"], minilm["tasks"]) == ("onnx/model.onnx", 384, {})
+    qwen = next(m for m in listed if m["name"] == "Qwen3-Embedding-0.6B")
+    assert qwen["model"] == "Qwen/Qwen3-Embedding-0.6B"
+    assert qwen["sources"]["hf"] == "onnx-community/Qwen3-Embedding-0.6B-ONNX"
+    # Built-in entries (listed by hub id, custom ones by their name) give their size.
+    assert all(m["size_in_GB"] > 0 for m in listed if m["model"] != m["name"])
+
+
+def test_add_custom_model_then_load_it_by_name(
+    fake_hub: Callable[[str, Path], list[list[str]]], tmp_path: Path
+) -> None:
+    folder = repo(tmp_path / "remote")  # sentence-transformers: mean, normalized
+    table = _table(6)
+    lookup_graph(folder / "onnx" / "model.onnx", table)
+    (folder / "NOTICE.txt").write_text("fetched because the entry names it")
+    sent = fake_hub("acme/lookup", folder)
+    cache = tmp_path / "cache"
+
+    # slimembed's short form: a folder (or hub id) and the dim; the folder's configuration rules.
+    TextEmbedding.add_custom_model("fe-local", folder, DIM)
+    local = TextEmbedding("fe-local", cache_dir=cache)
+    np.testing.assert_allclose(local.encode(TEXTS), _mean(table), atol=1e-6)
+    plain = TextEmbedding("acme/lookup", cache_dir=cache)
+    np.testing.assert_allclose(plain.encode(TEXTS), _mean(table), atol=1e-6)
+
+    # fastembed's form, by keyword: its pooling and normalization replace the repository's.
+    TextEmbedding.add_custom_model(
+        model="fe-cls",
+        pooling=PoolingType.CLS,
+        normalization=False,
+        sources={"hf": "acme/lookup"},
+        dim=DIM,
+        model_file="onnx/model.onnx",
+        description="a lookup table",
+        license="mit",
+        size_in_gb=0.001,
+        additional_files=["NOTICE.txt"],
+    )
+    model = TextEmbedding("fe-cls", cache_dir=cache)
+
+    np.testing.assert_allclose(model.encode(TEXTS), table[[_ids(t)[0] for t in TEXTS]], atol=1e-6)
+    assert "NOTICE.txt" in {name for download in sent for name in download}
+    # The manifest kept from the plain load above was not reused for the entry's rules; the
+    # entry's source id now finds the entry too, as the registry's names and sources do.
+    cls = TextEmbedding("acme/lookup", cache_dir=cache).encode(TEXTS)
+    np.testing.assert_allclose(cls, table[[_ids(t)[0] for t in TEXTS]], atol=1e-6)
+    listed = {m["model"]: m for m in TextEmbedding.list_supported_models()}
+    entry = listed["fe-cls"]
+    assert entry["sources"] == {"hf": "acme/lookup", "url": None}
+    assert (entry["model_file"], entry["additional_files"]) == ("onnx/model.onnx", ["NOTICE.txt"])
+    assert (entry["size_in_GB"], entry["license"], entry["dim"]) == (0.001, "mit", DIM)
+    assert (entry["pooling"], entry["normalize"]) == ("cls", False)
+    assert listed["fe-local"]["sources"]["hf"] == str(folder)
+
+
+def test_add_custom_model_refuses_what_fastembed_refuses_or_cannot_be_run(
+    tmp_path: Path,
+) -> None:
+    folder = repo(tmp_path / "repo")
+    lookup_graph(folder / "onnx" / "model.onnx", _table(7))
+    TextEmbedding.add_custom_model("fe-taken", folder, DIM)
+
+    with pytest.raises(ValueError, match="already registered"):
+        TextEmbedding.add_custom_model("FE-TAKEN", folder, DIM)
+    with pytest.raises(TypeError, match="by keyword"):
+        # fastembed's positional order (model, pooling, normalization, sources, dim)
+        TextEmbedding.add_custom_model("fe-positional", PoolingType.MEAN, True)  # type: ignore[arg-type]
+    with pytest.raises(ValueError, match="hf="):
+        TextEmbedding.add_custom_model("fe-url", sources={"url": "https://x/y.tgz"}, dim=DIM)
+    with pytest.raises(TypeError, match="source"):
+        TextEmbedding.add_custom_model("fe-nothing", dim=DIM)
+    TextEmbedding.add_custom_model("fe-wrong-dim", folder, DIM * 2)
+    with pytest.raises(ManifestError, match="dim 16"):
+        TextEmbedding("fe-wrong-dim", cache_dir=tmp_path / "cache")

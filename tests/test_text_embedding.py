@@ -228,7 +228,7 @@ def test_registry_name_points_to_export() -> None:
 
 def test_list_supported_models_is_fastembed_shaped() -> None:
     models = TextEmbedding.list_supported_models()
-    minilm = next(m for m in models if m["model"] == "all-MiniLM-L6-v2")
+    minilm = next(m for m in models if m["model"] == "sentence-transformers/all-MiniLM-L6-v2")
     assert minilm["dim"] == 384
     assert minilm["pooling"] == "mean"
 

@@ -60,10 +60,16 @@ def resolve_model(
         candidates = [*spec.onnx_sources, spec.source]
     else:
         candidates = [name, *(s for s in spec.onnx_sources if s != name)]
+    extra = list(spec.additional_files) if spec else []
     failures: list[ModelFileError] = []
     for repo_id in candidates:
+        folder = _local_dir(repo_id)  # a custom model's source may be a folder
+        if folder is not None:
+            return folder
         try:
-            return _fetch(repo_id, cache_dir, revision, local_files_only, model_file, precision)
+            return _fetch(
+                repo_id, cache_dir, revision, local_files_only, model_file, precision, extra
+            )
         except ModelFileError as err:
             failures.append(err)
     if by_name:
@@ -82,17 +88,19 @@ def _fetch(
     local_files_only: bool,
     model_file: str | None,
     precision: str | None,
+    extra: list[str],
 ) -> Path:
     """The snapshot of ``repo_id`` with what loading it needs: its manifest and the files it
-    names, or (another layout) its JSON files and the graph or table ``repos.adopt`` runs.
-    ModelFileError when it cannot be had or holds nothing the runtime can run."""
+    names, or (another layout) its JSON files, the graph or table ``repos.adopt`` runs and
+    the ``extra`` files a registry entry names. ModelFileError when it cannot be had or holds
+    nothing the runtime can run."""
     first = _download(repo_id, cache_dir, revision, local_files_only, list(METADATA))
     if (first / MANIFEST_FILE).is_file():
         manifest = Manifest.load(first)
         return _download(repo_id, cache_dir, revision, local_files_only, manifest_files(manifest))
     listing = _repo_files(repo_id, revision, first, local_files_only)
     wanted = repos.files_to_fetch(first, listing, model_file, precision, repo_id)
-    return _download(repo_id, cache_dir, revision, local_files_only, wanted)
+    return _download(repo_id, cache_dir, revision, local_files_only, [*wanted, *extra])
 
 
 # What to say when a model of one task is opened by the façade of the other.
@@ -118,13 +126,17 @@ def open_model(
 
     A folder without ``slimembed.json`` (a sentence-transformers, ONNX, model2vec or
     StaticEmbedding repository) is adopted (``repos.adopt``): ``model_file`` or ``precision``
-    choose among its graphs. ``model_file`` is for such folders only (ValueError otherwise)."""
+    choose among its graphs (without either, a registry entry's ``model_file``, as fastembed
+    names the graph, where it has one). ``model_file`` is for such folders only (ValueError
+    otherwise)."""
+    spec = None if _local_dir(model) is not None else registry.find(str(model))
+    graph_file = model_file or (spec.model_file if spec and precision is None else None)
     model_dir = resolve_model(
         model,
         cache_dir=cache_dir,
         revision=revision,
         local_files_only=local_files_only,
-        model_file=model_file,
+        model_file=graph_file,
         precision=precision,
     )
     if (model_dir / MANIFEST_FILE).is_file():
@@ -139,9 +151,10 @@ def open_model(
             model_dir,
             source_id=snapshot_repo(model_dir) or str(model),
             revision=snapshot_revision(model_dir),
-            model_file=model_file,
+            model_file=graph_file,
             precision=precision,
             store=adopted_dir(model_dir, cache_dir),
+            spec=spec,
         )
     else:
         raise ManifestError(

@@ -172,6 +172,13 @@ class ModelSpec:
     # asked for by name or by its source id and no export of it is here (the source itself
     # is tried too where it ships an onnx/ folder).
     onnx_sources: tuple[str, ...] = ()
+    # fastembed's fields: the graph to run in the repository (None: its default graph, as
+    # repos.choose_graph picks it), files fetched beside it, the download's size (FP32, about).
+    model_file: str | None = None
+    additional_files: tuple[str, ...] = ()
+    size_in_gb: float = 0.0
+    # Registered by add_custom_model: listed under its own name, as fastembed lists it.
+    custom: bool = False
 
     def __post_init__(self) -> None:
         if self.family not in FAMILIES:
@@ -197,9 +204,20 @@ class ModelSpec:
         )
 
     def to_dict(self) -> dict[str, Any]:
+        """The spec as fastembed's ``list_supported_models`` lists a model (``model``: the hub
+        id, or a custom model's name; ``sources``, ``model_file``, ``additional_files``,
+        ``size_in_GB``, ``dim``, ``tasks``, ``description``, ``license``), and slimembed's
+        recipe beside it (``name``, ``family``, ``pooling``, prompts, …)."""
         recipe = self.recipe
+        hub_id = (self.onnx_sources or (self.source,))[0]
         return {
-            "model": self.name,
+            "model": self.name if self.custom else self.source,
+            "sources": {"hf": hub_id, "url": None},
+            "model_file": self.model_file or ("onnx/model.onnx" if self.onnx_sources else None),
+            "additional_files": list(self.additional_files),
+            "size_in_GB": self.size_in_gb,
+            "tasks": {},
+            "name": self.name,
             "source": self.source,
             "family": self.family,
             "dim": self.dim,
@@ -259,6 +277,7 @@ def _matryoshka(dim: int) -> tuple[int, ...]:
     return (*dims, dim)
 
 
+# size_in_gb: the FP32 weights, about (parameters x 4 bytes), as fastembed lists a download.
 for _spec in (
     ModelSpec(
         "all-MiniLM-L6-v2",
@@ -268,6 +287,8 @@ for _spec in (
         256,
         "apache-2.0",
         "Small English sentence encoder (BERT, 6 layers)",
+        model_file="onnx/model.onnx",
+        size_in_gb=0.09,
     ),
     ModelSpec(
         "bge-small-en-v1.5",
@@ -278,6 +299,8 @@ for _spec in (
         "mit",
         "Small English retrieval encoder (BERT, 12 layers)",
         query=PromptRecipe("Represent this sentence for searching relevant passages: {text}"),
+        model_file="onnx/model.onnx",
+        size_in_gb=0.13,
     ),
     ModelSpec(
         "SGPT-125M-weightedmean-msmarco-specb-bitfit",
@@ -287,6 +310,7 @@ for _spec in (
         300,
         "mit",
         "SGPT bi-encoder for asymmetric search (GPT-Neo 125M)",
+        size_in_gb=0.5,
     ),
     ModelSpec(
         "SGPT-5.8B-weightedmean-msmarco-specb-bitfit",
@@ -296,6 +320,7 @@ for _spec in (
         300,
         "mit",
         "SGPT bi-encoder for asymmetric search (GPT-J 6B)",
+        size_in_gb=23.4,
     ),
     ModelSpec(
         "GritLM-7B",
@@ -305,6 +330,7 @@ for _spec in (
         512,
         "apache-2.0",
         "Generative representational instruction-tuned Mistral 7B (embedding mode)",
+        size_in_gb=29.0,
     ),
     *(
         ModelSpec(
@@ -317,15 +343,17 @@ for _spec in (
             f"Qwen3 {size} embedder, multilingual, instruction-aware, Matryoshka",
             _matryoshka(dim),
             onnx_sources=onnx,
+            size_in_gb=gb,
         )
-        for size, dim, onnx in (
+        for size, dim, gb, onnx in (
             (
                 "0.6B",
                 1024,
+                2.4,
                 ("onnx-community/Qwen3-Embedding-0.6B-ONNX", "Qdrant/Qwen3-Embedding-0.6B-onnx"),
             ),
-            ("4B", 2560, ()),
-            ("8B", 4096, ()),
+            ("4B", 2560, 16.1, ()),
+            ("8B", 4096, 30.3, ()),
         )
     ),
     *(
@@ -337,8 +365,9 @@ for _spec in (
             8192,
             "apache-2.0",
             f"GTE on Qwen2 {size}, instruction-aware",
+            size_in_gb=gb,
         )
-        for size, dim in (("1.5B", 1536), ("7B", 3584))
+        for size, dim, gb in (("1.5B", 1536, 7.1), ("7B", 3584, 30.5))
     ),
     ModelSpec(
         "e5-mistral-7b-instruct",
@@ -348,6 +377,7 @@ for _spec in (
         4096,
         "mit",
         "E5 on Mistral 7B, instruction-aware",
+        size_in_gb=28.4,
     ),
 ):
     register(_spec)

@@ -21,6 +21,7 @@ numpy only; ``slimembed export`` reads sources through them too.
 
 from __future__ import annotations
 
+import hashlib
 import json
 import os
 import shutil
@@ -259,9 +260,12 @@ def adopt(
     model_file: str | None = None,
     precision: str | None = None,
     store: Path,
+    spec: registry.ModelSpec | None = None,
 ) -> tuple[Path, Manifest]:
     """The model directory and manifest that run the repository folder ``model_dir``; what is
     made for it (manifests, a converted table) is kept under ``store`` (``hub.adopted_dir``).
+    ``spec``, the registry entry it was asked for by (else the one of ``source_id``), fills
+    what the folder's configuration leaves out; its explicit pooling and normalization win.
 
     ``model_file`` picks a graph (fastembed's name for it, a path inside the folder); else
     ``precision`` picks among the folder's graphs where one file matches, else the float32
@@ -276,13 +280,17 @@ def adopt(
     if not graphs:
         raise ManifestError(_nothing_to_run(model_dir, source_id, files))
     graph = choose_graph(graphs, model_file, precision, source_id)
-    cached = store / (graph.replace("/", "%") + ".json")
+    spec = spec or registry.find(source_id)
+    # The registry entry is part of what the manifest is made from: another (a custom model
+    # registered on the same repository) gets a manifest of its own.
+    key = "" if spec is None else "." + _digest(json.dumps(spec.to_dict(), sort_keys=True))
+    cached = store / (graph.replace("/", "%") + key + ".json")
     if cached.is_file():
         try:
             return model_dir, Manifest.from_dict(read_json(cached), origin=str(cached))
         except ModelFileError:
             pass  # made by another slimembed version: build it again
-    manifest = graph_manifest(model_dir, graph, source_id, revision)
+    manifest = graph_manifest(model_dir, graph, source_id, revision, spec)
     _write_atomically(cached, json.dumps(manifest.to_dict(), indent=2, ensure_ascii=False))
     return model_dir, manifest
 
@@ -377,9 +385,18 @@ def choose_graph(
     return default
 
 
-def graph_manifest(model_dir: Path, graph: str, source_id: str, revision: str | None) -> Manifest:
+def graph_manifest(
+    model_dir: Path,
+    graph: str,
+    source_id: str,
+    revision: str | None,
+    spec: registry.ModelSpec | None = None,
+) -> Manifest:
     """The manifest that runs ``graph`` of a sentence-transformers or ONNX repository folder
-    as its own configuration says: pooling, normalization, max length, prompts, padding."""
+    as its own configuration says: pooling, normalization, max length, prompts, padding;
+    ``spec`` (else the registry entry of ``source_id``) fills what it leaves out, and its
+    explicit ``pooling`` and ``normalize`` (a custom model's, as fastembed applies them)
+    replace the folder's."""
     tokenizer_path = model_dir / "tokenizer.json"
     if not tokenizer_path.is_file():
         raise ModelFileError(
@@ -393,9 +410,9 @@ def graph_manifest(model_dir: Path, graph: str, source_id: str, revision: str | 
     tokenizer = _core.Tokenizer(tokenizer_path, piece_cache=False)
     inputs, output, width = _graph_io(model_dir / graph)
     # The repository's own configuration first; a registry entry fills what it leaves out.
-    spec = registry.find(source_id)
+    spec = spec or registry.find(source_id)
     recipe = spec.recipe if spec else None
-    pooling = (st and st.pooling) or (recipe and recipe.pooling)
+    pooling = (spec and spec.pooling) or (st and st.pooling) or (recipe and recipe.pooling)
     pooling = pooling or ("last_token" if decoder else None)
     if output in POOLED_OUTPUTS:
         pooling = POOLED  # the graph pools, as its Pooling module says
@@ -406,7 +423,14 @@ def graph_manifest(model_dir: Path, graph: str, source_id: str, revision: str | 
             "--pooling"
         )
     normalize = st.normalize if st else bool(recipe and recipe.normalize)
+    if spec and spec.normalize is not None:
+        normalize = spec.normalize
     dim = width or _config_width(config, source_id)
+    if spec and spec.custom and spec.dim != dim:
+        raise ManifestError(
+            f"{source_id}: the registry entry {spec.name!r} says dim {spec.dim}, but the graph "
+            f"{graph} gives {dim}"
+        )
     padding_side = tokenizer_config.get("padding_side") or (recipe and recipe.padding_side)
     padding_side = padding_side or ("left" if decoder else "right")
     if st and st.prompts:
@@ -636,6 +660,10 @@ def write_static_source(
             "vocabulary": len(source.mapping) if source.mapping is not None else rows,
         },
     )
+
+
+def _digest(text: str) -> str:
+    return hashlib.sha256(text.encode()).hexdigest()[:12]
 
 
 def _write_atomically(path: Path, text: str) -> None:

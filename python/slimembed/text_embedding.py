@@ -10,6 +10,7 @@ Performance notes:
 
 from __future__ import annotations
 
+import os
 from collections.abc import Iterable, Iterator, Sequence, Sized
 from dataclasses import replace
 from itertools import islice
@@ -60,29 +61,52 @@ class TextEmbedding(Facade):
     def add_custom_model(
         cls,
         model: str,
-        source: str,
-        dim: int,
+        source: str | os.PathLike[str] | None = None,
+        dim: int | None = None,
         *,
-        family: str = "encoder-mean",
         pooling: str | None = None,
         normalization: bool | None = None,
+        sources: Any = None,
+        model_file: str | None = None,
+        description: str = "",
+        license: str = "",
+        size_in_gb: float = 0.0,
+        additional_files: Sequence[str] | None = None,
+        family: str = "encoder-mean",
         max_length: int = 512,
         padding_side: str | None = None,
         attention: str | None = None,
         query_template: str | None = None,
         document_template: str | None = None,
         instruction: str | None = None,
-        description: str = "",
-        license: str = "",
     ) -> registry.ModelSpec:
-        """Register a model (as fastembed's ``add_custom_model``) so that
-        ``slimembed export MODEL`` exports it from ``source`` (a hub id) with these rules and
-        ``TextEmbedding(MODEL)`` loads the export.
+        """Register a model under the name ``model``, as fastembed's ``add_custom_model``:
+        ``TextEmbedding(model)`` then loads ``source`` (a hub id or a local folder holding an
+        ONNX graph, a model2vec or StaticEmbedding table) without an export step, and
+        ``slimembed export MODEL`` exports a PyTorch-only source with these rules.
 
-        ``family`` picks a recipe from ``registry.FAMILIES`` (``"qwen3-embedding"``,
-        ``"gritlm"``, …); the other arguments replace its rules. Registering a name again with
-        other settings raises ValueError.
+        fastembed's arguments are taken by keyword, as its documentation passes them:
+        ``pooling`` (``"mean"``, ``"cls"``, ``"last_token"``, ``"weighted_mean"``, or
+        fastembed's ``PoolingType``; ``DISABLED``: the graph's own pooled output), and
+        ``normalization`` replace what the source's configuration says; ``sources`` (an object
+        or dict with ``hf``, fastembed's ``ModelSource``) stands for ``source``;
+        ``model_file`` is the graph to run (default: the repository's float32 graph);
+        ``additional_files`` are fetched beside it; ``size_in_gb``, ``description`` and
+        ``license`` are listed. ``family`` picks a recipe from ``registry.FAMILIES``
+        (``"qwen3-embedding"``, ``"gritlm"``, …) for what the source leaves out.
+
+        Raises ValueError for a name already registered with other settings (names differing
+        in case only included, as fastembed), TypeError for a missing source or dim.
         """
+        hub_id = _hf_source(source, sources)
+        if dim is None or isinstance(dim, bool) or not isinstance(dim, int):
+            raise TypeError(
+                f"add_custom_model({model!r}, ...): dim must be an integer, got {dim!r}; "
+                "fastembed's pooling, normalization and sources are passed by keyword here"
+            )
+        taken = [s.name for s in registry.all_specs() if s.name.lower() == model.lower()]
+        if taken and taken != [model]:
+            raise ValueError(f"model {model!r} is already registered as {taken[0]!r}")
         base = registry.family(family)
         query = document = None
         if query_template is not None or instruction is not None:
@@ -96,7 +120,7 @@ class TextEmbedding(Facade):
         return registry.register(
             registry.ModelSpec(
                 model,
-                source,
+                hub_id,
                 family,
                 dim,
                 max_length,
@@ -104,10 +128,14 @@ class TextEmbedding(Facade):
                 description,
                 query=query,
                 document=document,
-                pooling=pooling,
+                pooling=_pooling_mode(pooling),
                 normalize=normalization,
                 padding_side=padding_side,
                 attention=attention,
+                model_file=model_file,
+                additional_files=tuple(additional_files or ()),
+                size_in_gb=float(size_in_gb),
+                custom=True,
             )
         )
 
@@ -347,3 +375,32 @@ def _progress_bar(texts: Iterable[str]) -> Any:
 
     total = len(texts) if isinstance(texts, Sized) else None
     return tqdm(total=total, unit="text", desc="embedding")
+
+
+def _hf_source(source: str | os.PathLike[str] | None, sources: Any) -> str:
+    """The hub id or folder a custom model loads from: ``source``, or the ``hf`` of fastembed's
+    ``ModelSource`` (an object or a dict); a URL-only source is refused."""
+    chosen = None if source is None else os.fspath(source)
+    if sources is not None:
+        hf = sources.get("hf") if isinstance(sources, dict) else getattr(sources, "hf", None)
+        if hf is None:
+            raise ValueError(
+                f"sources={sources!r} names no Hugging Face repository (hf=); slimembed "
+                "downloads through huggingface_hub only"
+            )
+        if chosen is not None and chosen != hf:
+            raise ValueError(f"source {chosen!r} and sources.hf {hf!r} differ: pass one")
+        chosen = str(hf)
+    if chosen is None:
+        raise TypeError("add_custom_model needs source= (a hub id or folder) or sources=")
+    return chosen
+
+
+def _pooling_mode(pooling: Any) -> str | None:
+    """slimembed's pooling mode for ``pooling``: one of its own, or fastembed's
+    ``PoolingType`` (``"MEAN"``, ``"CLS"``, ``"LAST_TOKEN"``; ``"DISABLED"``: None, the graph
+    pools and its pooled output runs as it is)."""
+    if pooling is None:
+        return None
+    mode = str(getattr(pooling, "value", pooling)).lower()
+    return None if mode == "disabled" else mode
