@@ -476,3 +476,38 @@ def test_add_custom_model_refuses_what_fastembed_refuses_or_cannot_be_run(
     TextEmbedding.add_custom_model("fe-wrong-dim", folder, DIM * 2)
     with pytest.raises(ManifestError, match="dim 16"):
         TextEmbedding("fe-wrong-dim", cache_dir=tmp_path / "cache")
+
+
+# ----------------------------------------------------------------------------- declared I/O
+
+
+def test_declared_io_reads_what_onnx_runtime_lists(tmp_path: Path) -> None:
+    import onnx
+    import onnxruntime as ort
+
+    from slimembed.graph_io import declared_io
+
+    table = _table(8)
+    paths = [
+        lookup_graph(tmp_path / "a.onnx", table),
+        lookup_graph(tmp_path / "b.onnx", table, pooled=True),
+        lookup_graph(tmp_path / "c.onnx", table, fp16=True, past_layers=2),
+    ]
+    # An initializer listed among the inputs too (as IR 3 graphs list them): not an input.
+    model = onnx.load(str(paths[0]))
+    model.graph.input.append(onnx.helper.make_tensor_value_info("table", 1, [VOCAB, DIM]))
+    onnx.save(model, str(tmp_path / "d.onnx"))
+    paths.append(tmp_path / "d.onnx")
+    for path in paths:
+        session = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
+        inputs, outputs = declared_io(path)
+        for got, want in ((inputs, session.get_inputs()), (outputs, session.get_outputs())):
+            assert [(d.name, d.type, d.shape) for d in got] == [
+                (w.name, w.type, tuple(w.shape)) for w in want
+            ], path.name
+
+    data = paths[0].read_bytes()
+    for broken in (data[: len(data) - 5], b"", b"\xff" * 40):
+        (tmp_path / "broken.onnx").write_bytes(broken)
+        with pytest.raises(ModelFileError, match=r"broken\.onnx"):
+            declared_io(tmp_path / "broken.onnx")

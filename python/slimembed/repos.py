@@ -34,6 +34,7 @@ import numpy as np
 
 from slimembed import _core, registry, tables
 from slimembed.errors import ManifestError, ModelFileError
+from slimembed.graph_io import declared_io
 from slimembed.manifest import MANIFEST_FILE, POOLED, Manifest, Prompt
 from slimembed.static_model import unknown_token_id, write_static_model
 
@@ -500,18 +501,12 @@ def _recipe_prompt(recipe: registry.PromptRecipe, tokenizer: Any, eos: int | Non
 def _graph_io(path: Path) -> tuple[tuple[str, ...], str, int | None]:
     """The graph's inputs (KV-cache inputs as ``past_key_values``), the output to run (per-token
     hidden states, else an already pooled ``sentence_embedding``) and that output's width
-    where the graph declares it."""
-    import onnxruntime as ort
-
+    where the graph declares it: read from the file (``graph_io``), not from an ONNX Runtime
+    session, which would load every weight once more than the backend does."""
     from slimembed.manifest import GRAPH_INPUTS, PAST
 
-    options = ort.SessionOptions()
-    options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_DISABLE_ALL
-    try:
-        session = ort.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
-    except Exception as err:  # onnxruntime raises its own exception types for unreadable graphs
-        raise ModelFileError(f"{path} is not a loadable ONNX graph: {err}") from err
-    declared = [i.name for i in session.get_inputs()]
+    graph_inputs, graph_outputs = declared_io(path)
+    declared = [i.name for i in graph_inputs]
     inputs = tuple(dict.fromkeys(PAST if n.startswith(PAST + ".") else n for n in declared))
     unknown = [n for n in inputs if n not in GRAPH_INPUTS]
     if unknown or not {"input_ids", "attention_mask"} <= set(inputs):
@@ -519,7 +514,7 @@ def _graph_io(path: Path) -> tuple[tuple[str, ...], str, int | None]:
             f"{path}: the runtime cannot feed this graph: it declares inputs {declared}; "
             f"slimembed feeds {list(GRAPH_INPUTS[:-1])} and past_key_values.N.key/value"
         )
-    outputs = {o.name: o for o in session.get_outputs()}
+    outputs = {o.name: o for o in graph_outputs}
     output = next((n for n in (*HIDDEN_OUTPUTS, *POOLED_OUTPUTS) if n in outputs), None)
     if output is None:
         raise ModelFileError(
