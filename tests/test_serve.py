@@ -206,6 +206,68 @@ def test_tei_embed_and_rerank(server: Running, models: dict[str, Any]) -> None:
         assert r["text"] == docs[r["index"]]
 
 
+def test_tei_normalize_false_equals_encode_mixed_with_normalized_requests(
+    server: Running, models: dict[str, Any]
+) -> None:
+    """TEI's ``normalize``, sent false, true or not at all by 48 concurrent clients on the
+    static default and the FP32 BERT: each gets ``encode(texts, normalize=...)`` of its own
+    texts (static bit-identical, FP32 within 1e-6), whatever it was batched with."""
+    choices: list[bool | None] = [False, True, None]
+
+    def client(i: int) -> tuple[str, int, np.ndarray, np.ndarray]:
+        name = ("default", "bert")[i % 2]
+        normalize = choices[i % 3]
+        texts = TEXTS[i : i + 1 + i % 5]
+        body: dict[str, Any] = {"inputs": texts, "model": name}
+        if normalize is not None:
+            body["normalize"] = normalize
+        status, _, got = call(server.url + "/embed", body)
+        # TEI's default is normalized, whatever the model's own rule.
+        want = models[name].encode(texts, normalize=normalize is not False)
+        return name, status, np.array(got, dtype=np.float32), want
+
+    with ThreadPoolExecutor(48) as pool:
+        results = list(pool.map(client, range(48)))
+    for i, (name, status, got, want) in enumerate(results):
+        assert status == 200
+        if choices[i % 3] is False:
+            assert np.abs(np.linalg.norm(got, axis=1) - 1).min() > 1e-3
+        if name == "default":
+            np.testing.assert_array_equal(got, want)
+        else:
+            np.testing.assert_allclose(got, want, atol=1e-6)
+    # dimensions with normalize=false: the cut, not renormalized.
+    status, _, got = call(
+        server.url + "/embed",
+        {"inputs": TEXTS[:3], "model": "default", "dimensions": 16, "normalize": False},
+    )
+    assert status == 200
+    raw = models["default"].encode(TEXTS[:3], normalize=False)
+    np.testing.assert_array_equal(np.array(got, dtype=np.float32), raw[:, :16])
+
+
+def test_tei_normalizes_a_model_that_does_not_and_openai_keeps_its_rule(
+    variant: Callable[..., Path],
+) -> None:
+    from slimembed.text_embedding import DEFAULT_MODEL_DIR
+
+    plain = TextEmbedding(variant(DEFAULT_MODEL_DIR, normalize=False), threads=1)
+    with Running(create_app({"plain": plain})) as running:
+        status, _, got = call(running.url + "/embed", {"inputs": TEXTS[:4]})
+        assert status == 200
+        np.testing.assert_array_equal(
+            np.array(got, np.float32), plain.encode(TEXTS[:4], normalize=True)
+        )
+        status, _, got = call(running.url + "/embed", {"inputs": TEXTS[:4], "normalize": False})
+        assert status == 200
+        np.testing.assert_array_equal(np.array(got, np.float32), plain.encode(TEXTS[:4]))
+        status, _, body = call(running.url + "/v1/embeddings", {"input": TEXTS[:4]})
+        assert status == 200
+        rows = np.array([d["embedding"] for d in body["data"]], dtype=np.float32)
+        np.testing.assert_array_equal(rows, plain.encode(TEXTS[:4], prompt="document"))
+        assert np.abs(np.linalg.norm(rows, axis=1) - 1).min() > 1e-3
+
+
 def test_bad_requests_get_their_status_and_a_clear_message(
     server: Running, models: dict[str, Any]
 ) -> None:
@@ -223,7 +285,7 @@ def test_bad_requests_get_their_status_and_a_clear_message(
         ("/embed", {"inputs": "a", "prompt_name": "title"}, 422, "prompt_name"),
         ("/rerank", {"query": 3, "texts": ["a"]}, 422, "query"),
         ("/rerank", {"query": long_text, "texts": ["a"]}, 413, "queries are never cut"),
-        ("/embed", {"inputs": "a", "model": "bert", "normalize": False}, 422, "normalize=false"),
+        ("/embed", {"inputs": "a", "model": "bert", "normalize": "no"}, 422, "`normalize`"),
     ]
     for path, body, status, message in cases:
         got, _, answer = call(url + path, body)

@@ -85,10 +85,20 @@ class StaticModel:
     @property
     def precision(self) -> str: ...
     def embed(
-        self, texts: list[str], *, max_length: int | None = None, dim: int | None = None
+        self,
+        texts: list[str],
+        *,
+        max_length: int | None = None,
+        dim: int | None = None,
+        normalize: bool | None = None,
     ) -> npt.NDArray[np.float32]: ...
     def embed_ids(
-        self, encoded: Encoded, *, max_length: int | None = None, dim: int | None = None
+        self,
+        encoded: Encoded,
+        *,
+        max_length: int | None = None,
+        dim: int | None = None,
+        normalize: bool | None = None,
     ) -> npt.NDArray[np.float32]: ...
 
 # A pooled row is NaN or infinite; args: (message, row in the batch).

@@ -37,9 +37,16 @@ class Backend(Protocol):
     precision: str
 
     def embed(
-        self, texts: list[str], plan: PromptPlan, batch_size: int, dim: int | None
+        self,
+        texts: list[str],
+        plan: PromptPlan,
+        batch_size: int,
+        dim: int | None,
+        *,
+        normalize: bool | None = None,
     ) -> Vectors:
-        """``(len(texts), dim or manifest.dim)`` float32 vectors, in input order."""
+        """``(len(texts), dim or manifest.dim)`` float32 vectors, in input order; L2-normalized
+        (after the ``dim`` cut) when ``normalize`` says so, ``None`` meaning the manifest's."""
         ...
 
     def encode(
@@ -49,9 +56,17 @@ class Backend(Protocol):
         ``max_length``, default the model's)."""
         ...
 
-    def embed_ids(self, rows: list[list[int]], batch_size: int, dim: int | None) -> Vectors:
+    def embed_ids(
+        self,
+        rows: list[list[int]],
+        batch_size: int,
+        dim: int | None,
+        *,
+        normalize: bool | None = None,
+    ) -> Vectors:
         """Vectors of rows a caller tokenized already (ids as ``encode`` gives them), cut to
-        the model's max length; ValueError for an id outside the vocabulary."""
+        the model's max length, ``normalize`` as in ``embed``; ValueError for an id outside
+        the vocabulary."""
         ...
 
 
@@ -91,20 +106,41 @@ class TransformerBackend(_Tokenized):
         self.max_tokens = max_tokens
 
     def embed(
-        self, texts: list[str], plan: PromptPlan, batch_size: int, dim: int | None
+        self,
+        texts: list[str],
+        plan: PromptPlan,
+        batch_size: int,
+        dim: int | None,
+        *,
+        normalize: bool | None = None,
     ) -> Vectors:
-        return self._run(self.encode(texts, plan), plan.exclude_instruction, batch_size, dim)
+        encoded = self.encode(texts, plan)
+        return self._run(encoded, plan.exclude_instruction, batch_size, dim, normalize)
 
-    def embed_ids(self, rows: list[list[int]], batch_size: int, dim: int | None) -> Vectors:
+    def embed_ids(
+        self,
+        rows: list[list[int]],
+        batch_size: int,
+        dim: int | None,
+        *,
+        normalize: bool | None = None,
+    ) -> Vectors:
         encoded = _core.Encoded.from_ids(
             rows, vocab_size=self.tokenizer.vocab_size, max_length=self.manifest.max_length
         )
-        return self._run(encoded, False, batch_size, dim)
+        return self._run(encoded, False, batch_size, dim, normalize)
 
     def _run(
-        self, encoded: _core.Encoded, skip_instruction: bool, batch_size: int, dim: int | None
+        self,
+        encoded: _core.Encoded,
+        skip_instruction: bool,
+        batch_size: int,
+        dim: int | None,
+        normalize: bool | None,
     ) -> Vectors:
         m = self.manifest
+        # Normalized inside the pooling call, on each pooled row: no second pass over the batch.
+        unit = m.normalize if normalize is None else normalize
         out = np.zeros((len(encoded), dim or m.dim), dtype=np.float32)
         lengths = encoded.lengths()
         # A text with no tokens at all keeps the zero vector; the graph never sees seq = 0.
@@ -116,13 +152,11 @@ class TransformerBackend(_Tokenized):
             pooling, skip = m.pooling, batch.skip if skip_instruction else None
             if pooling == POOLED:
                 # The graph pooled: each vector is the mean of one token, itself, so the same
-                # kernel normalizes, cuts to ``dim`` and checks for non-finite values.
+                # kernel normalizes (or not), cuts to ``dim`` and checks for non-finite values.
                 hidden, mask = hidden[:, None, :], np.ones((len(rows), 1), np.int64)
                 pooling, skip = "mean", None
             try:
-                out[rows] = _core.pool(
-                    hidden, mask, pooling, skip=skip, normalize=m.normalize, dim=dim
-                )
+                out[rows] = _core.pool(hidden, mask, pooling, skip=skip, normalize=unit, dim=dim)
             except _core.NonFiniteRow as err:
                 raise NonFiniteError(int(rows[err.args[1]])) from None
         return out
@@ -138,15 +172,33 @@ class StaticBackend(_Tokenized):
         self.precision = manifest.precision
 
     def embed(
-        self, texts: list[str], plan: PromptPlan, batch_size: int, dim: int | None
+        self,
+        texts: list[str],
+        plan: PromptPlan,
+        batch_size: int,
+        dim: int | None,
+        *,
+        normalize: bool | None = None,
     ) -> Vectors:
-        # The table needs no batching: the Rust call takes the chunk whole.
-        return self.model.embed(plan.wrap(texts), max_length=self.manifest.max_length, dim=dim)
+        # The table needs no batching: the Rust call takes the chunk whole. normalize=None is
+        # the table's own rule, given to StaticModel when it was loaded (the manifest's).
+        return self.model.embed(
+            plan.wrap(texts), max_length=self.manifest.max_length, dim=dim, normalize=normalize
+        )
 
-    def embed_ids(self, rows: list[list[int]], batch_size: int, dim: int | None) -> Vectors:
+    def embed_ids(
+        self,
+        rows: list[list[int]],
+        batch_size: int,
+        dim: int | None,
+        *,
+        normalize: bool | None = None,
+    ) -> Vectors:
         # Cut after the skipped id is dropped, as for text: the Rust call does both.
         encoded = _core.Encoded.from_ids(rows, vocab_size=self.model.vocab_size)
-        return self.model.embed_ids(encoded, max_length=self.manifest.max_length, dim=dim)
+        return self.model.embed_ids(
+            encoded, max_length=self.manifest.max_length, dim=dim, normalize=normalize
+        )
 
 
 def load_backend(

@@ -146,6 +146,7 @@ class TextEmbedding(Facade):
         parallel: int | None = None,
         *,
         dim: int | None = None,
+        normalize: bool | None = None,
         progress: bool = False,
     ) -> Iterator[Vector]:
         """Yield one float32 vector per text (a document), in input order.
@@ -157,14 +158,19 @@ class TextEmbedding(Facade):
         A bare string is one text. An empty string is embedded like any other: its vector comes
         from the special tokens alone, or is all zeros where the tokenizer adds none. Texts
         longer than the model's max length are truncated. ``dim`` keeps the first ``dim``
-        components (Matryoshka) and renormalizes them when the model normalizes. Raises
-        TypeError naming the position of ``None`` or a non-string.
+        components (Matryoshka) and renormalizes them when the vectors are normalized.
+        ``normalize``: ``None`` follows the model (its manifest's ``normalize``); ``True``
+        L2-normalizes every vector, ``False`` gives the pooled vectors as they are (cut to
+        ``dim``, not renormalized). Raises TypeError naming the position of ``None`` or a
+        non-string.
 
         ``parallel`` (fastembed's data-parallel mode): ``None`` or 1 embeds in this process;
         N > 1 starts N worker processes (``spawn``), each loading the model with one thread,
         and 0 one per core; vectors still come in input order (``slimembed.parallel``).
         """
-        return self._stream(documents, "document", None, batch_size, dim, progress, parallel)
+        return self._stream(
+            documents, "document", None, batch_size, dim, normalize, progress, parallel
+        )
 
     def query_embed(
         self,
@@ -174,13 +180,16 @@ class TextEmbedding(Facade):
         *,
         instruction: str | None = None,
         dim: int | None = None,
+        normalize: bool | None = None,
         progress: bool = False,
     ) -> Iterator[Vector]:
         """Like ``embed`` with the model's query prompt.
 
         ``instruction`` replaces the prompt's default task instruction.
         """
-        return self._stream(query, "query", instruction, batch_size, dim, progress, parallel)
+        return self._stream(
+            query, "query", instruction, batch_size, dim, normalize, progress, parallel
+        )
 
     def passage_embed(
         self,
@@ -189,10 +198,11 @@ class TextEmbedding(Facade):
         parallel: int | None = None,
         *,
         dim: int | None = None,
+        normalize: bool | None = None,
         progress: bool = False,
     ) -> Iterator[Vector]:
         """The same as ``embed``: the model's document prompt (never a query instruction)."""
-        return self._stream(texts, "document", None, batch_size, dim, progress, parallel)
+        return self._stream(texts, "document", None, batch_size, dim, normalize, progress, parallel)
 
     @classmethod
     def get_embedding_size(cls, model_name: str) -> int:
@@ -219,17 +229,20 @@ class TextEmbedding(Facade):
         prompt: str | None = None,
         instruction: str | None = None,
         dim: int | None = None,
+        normalize: bool | None = None,
         progress: bool = False,
     ) -> npt.NDArray[np.float32]:
         """All vectors as one ``(n, dim)`` float32 array.
 
-        ``prompt`` is ``None`` (the raw text, no prompt), ``"query"`` or ``"document"``.
+        ``prompt`` is ``None`` (the raw text, no prompt), ``"query"`` or ``"document"``;
+        ``dim`` and ``normalize`` as in ``embed``.
         """
         plan = self.plan(prompt, instruction)
         width = self.check_dim(dim)
+        _check_normalize(normalize)
         if batch_size < 1:
             raise ValueError(f"batch_size must be >= 1, got {batch_size}")
-        chunks = list(self._chunks(as_iterable(texts), plan, batch_size, dim, progress))
+        chunks = list(self._chunks(as_iterable(texts), plan, batch_size, dim, normalize, progress))
         if not chunks:
             return np.zeros((0, width), dtype=np.float32)
         return np.concatenate(chunks)
@@ -240,12 +253,15 @@ class TextEmbedding(Facade):
         batch_size: int = DEFAULT_BATCH_SIZE,
         *,
         dim: int | None = None,
+        normalize: bool | None = None,
     ) -> npt.NDArray[np.float32]:
         """Vectors of inputs tokenized already: each row is the token ids the model reads, as
         ``tokenize(...).row(i)`` gives them (special and prompt ids included; nothing is added),
-        cut to the max length. Raises TypeError naming a row that is not a list of integers,
-        ValueError for an id outside the vocabulary."""
+        cut to the max length; ``dim`` and ``normalize`` as in ``embed``. Raises TypeError
+        naming a row that is not a list of integers, ValueError for an id outside the
+        vocabulary."""
         width = self.check_dim(dim)
+        _check_normalize(normalize)
         if batch_size < 1:
             raise ValueError(f"batch_size must be >= 1, got {batch_size}")
         checked: list[list[int]] = []
@@ -256,7 +272,9 @@ class TextEmbedding(Facade):
                 raise TypeError(f"rows[{i}] holds something other than integer token ids")
             checked.append(list(row))
         chunks = [
-            self.backend.embed_ids(checked[start : start + CHUNK_SIZE], batch_size, dim)
+            self.backend.embed_ids(
+                checked[start : start + CHUNK_SIZE], batch_size, dim, normalize=normalize
+            )
             for start in range(0, len(checked), CHUNK_SIZE)
         ]
         if not chunks:
@@ -283,21 +301,29 @@ class TextEmbedding(Facade):
         instruction: str | None,
         batch_size: int,
         dim: int | None,
+        normalize: bool | None,
         progress: bool,
         parallel: int | None,
     ) -> Iterator[Vector]:
         # Validate eagerly so bad arguments fail at the call, not at the first next().
         self.check_dim(dim)
+        _check_normalize(normalize)
         if batch_size < 1:
             raise ValueError(f"batch_size must be >= 1, got {batch_size}")
         plan = self.plan(prompt, instruction)
         if parallel is not None and parallel_embedding.workers(parallel) > 1:
+            if normalize is not None and normalize != self.manifest.normalize:
+                raise ValueError(
+                    f"normalize={normalize} differs from the model's rule and parallel= "
+                    "workers embed by the model's rule: embed in this process (parallel=None) "
+                    "to choose the normalization"
+                )
             items = as_iterable(texts)
             rows = parallel_embedding.embed(
                 self, items, prompt, instruction, batch_size, dim, parallel
             )
             return _counted(rows, _progress_bar(items)) if progress else rows
-        chunks = self._chunks(as_iterable(texts), plan, batch_size, dim, progress)
+        chunks = self._chunks(as_iterable(texts), plan, batch_size, dim, normalize, progress)
         return (row for chunk in chunks for row in chunk)
 
     def _chunks(
@@ -306,6 +332,7 @@ class TextEmbedding(Facade):
         plan: PromptPlan,
         batch_size: int,
         dim: int | None,
+        normalize: bool | None,
         progress: bool,
     ) -> Iterator[npt.NDArray[np.float32]]:
         bar = _progress_bar(texts) if progress else None
@@ -317,7 +344,7 @@ class TextEmbedding(Facade):
         while chunk := list(islice(iterator, size)):
             check_texts(chunk, offset)
             with naming_texts(chunk, offset):
-                vectors = self.backend.embed(chunk, plan, batch_size, dim)
+                vectors = self.backend.embed(chunk, plan, batch_size, dim, normalize=normalize)
             yield vectors
             offset += len(chunk)
             size = min(2 * size, CHUNK_SIZE)
@@ -358,6 +385,14 @@ class TextEmbedding(Facade):
     def __repr__(self) -> str:
         m = self.manifest
         return f"TextEmbedding({self.model_name!r}, dim={m.dim}, pooling={m.pooling!r})"
+
+
+def _check_normalize(normalize: bool | None) -> None:
+    """TypeError unless ``normalize`` is ``None`` (the model's rule), ``True`` or ``False``."""
+    if normalize is not None and not isinstance(normalize, bool):
+        raise TypeError(
+            f"normalize must be None (the model's rule), True or False, got {normalize!r}"
+        )
 
 
 def _counted(rows: Iterator[Vector], bar: Any) -> Iterator[Vector]:

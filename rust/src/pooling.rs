@@ -263,6 +263,14 @@ mod tests {
     }
 
     #[test]
+    fn matryoshka_without_normalize_only_truncates() {
+        let h = hidden();
+        let m = array![[1_i64, 1, 1], [1, 1, 1]];
+        let out = pool(h.view(), m.view(), Pooling::LastToken, None, false, Some(1)).unwrap();
+        assert_eq!(out, array![[5.0], [11.0]]);
+    }
+
+    #[test]
     fn contract_violations_are_errors() {
         let h = hidden();
         let bad_mask = array![[1_i64, 1], [1, 1]];

@@ -254,6 +254,7 @@ struct PyStaticModel {
     table: StaticTable,
     add_special_tokens: bool,
     skip_id: Option<u32>,
+    /// The default of `embed`'s and `embed_ids`' `normalize`.
     normalize: bool,
     /// `threads=n`: a pool of its own with n workers (1: no pool at all); None: rayon's global pool.
     threads: Option<usize>,
@@ -311,15 +312,18 @@ impl PyStaticModel {
         self.table.precision()
     }
 
-    #[pyo3(signature = (texts, *, max_length=None, dim=None))]
+    /// `normalize`: L2-normalize each vector (after the `dim` cut); None: as the model was
+    /// built (`normalize=` of the constructor).
+    #[pyo3(signature = (texts, *, max_length=None, dim=None, normalize=None))]
     fn embed<'py>(
         &self,
         py: Python<'py>,
         texts: Vec<String>,
         max_length: Option<usize>,
         dim: Option<usize>,
+        normalize: Option<bool>,
     ) -> PyResult<Bound<'py, PyArray2<f32>>> {
-        let opts = self.options(max_length, dim);
+        let opts = self.options(max_length, dim, normalize);
         let tokenizer = &self.tokenizer.get().inner;
         self.run(py, &opts, || {
             static_embed::embed(tokenizer, &self.table, &texts, &opts)
@@ -327,15 +331,16 @@ impl PyStaticModel {
     }
 
     /// Rows of token ids (`Encoded.from_ids`) instead of texts.
-    #[pyo3(signature = (encoded, *, max_length=None, dim=None))]
+    #[pyo3(signature = (encoded, *, max_length=None, dim=None, normalize=None))]
     fn embed_ids<'py>(
         &self,
         py: Python<'py>,
         encoded: &Bound<'py, PyEncoded>,
         max_length: Option<usize>,
         dim: Option<usize>,
+        normalize: Option<bool>,
     ) -> PyResult<Bound<'py, PyArray2<f32>>> {
-        let opts = self.options(max_length, dim);
+        let opts = self.options(max_length, dim, normalize);
         let rows = encoded.get().inner.rows();
         self.run(py, &opts, || {
             static_embed::embed_ids(&self.table, rows, &opts)
@@ -344,12 +349,17 @@ impl PyStaticModel {
 }
 
 impl PyStaticModel {
-    fn options(&self, max_length: Option<usize>, dim: Option<usize>) -> StaticOptions {
+    fn options(
+        &self,
+        max_length: Option<usize>,
+        dim: Option<usize>,
+        normalize: Option<bool>,
+    ) -> StaticOptions {
         StaticOptions {
             add_special_tokens: self.add_special_tokens,
             skip_id: self.skip_id,
             max_length,
-            normalize: self.normalize,
+            normalize: normalize.unwrap_or(self.normalize),
             dim,
             parallel: self.threads != Some(1) && use_pool(),
         }

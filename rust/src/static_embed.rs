@@ -431,6 +431,30 @@ mod tests {
     }
 
     #[test]
+    fn matryoshka_cut_is_renormalized_only_when_asked() {
+        // a = (3, 4, 12): cut to 2 components, (3, 4); normalized, (0.6, 0.8).
+        let t = table(&[(
+            "embeddings",
+            Dtype::F32,
+            vec![4, 3],
+            f32s(&[3.0, 4.0, 12.0, 0.0, 0.0, 0.0, 0.0, 0.0, 0.0, 0.0, 0.0, 0.0]),
+        )])
+        .unwrap();
+        let mut opts = StaticOptions {
+            dim: Some(2),
+            ..StaticOptions::default()
+        };
+        let a = texts(&["a"]);
+        assert_eq!(
+            embed(&tokenizer(), &t, &a, &opts).unwrap(),
+            ndarray::array![[3.0, 4.0]]
+        );
+        opts.normalize = true;
+        let unit = embed(&tokenizer(), &t, &a, &opts).unwrap();
+        assert!((unit[[0, 0]] - 0.6).abs() < 1e-6 && (unit[[0, 1]] - 0.8).abs() < 1e-6);
+    }
+
+    #[test]
     fn bad_tables_and_ids_are_errors() {
         assert!(table(&[("other", Dtype::F32, vec![1], f32s(&[1.0]))]).is_err());
         assert!(table(&[("embeddings", Dtype::I8, vec![1, 1], vec![1])]).is_err());

@@ -364,13 +364,18 @@ class Server:
         dim: int | None,
         truncate: bool,
         rows: list[list[int]] | None = None,
+        normalize: bool | None = None,
     ) -> tuple[np.ndarray, int]:
         batcher = self.batchers[name]
         try:
             if rows is not None:
-                return await batcher.embed_ids(rows, dim=dim, truncate=truncate)
+                return await batcher.embed_ids(
+                    rows, dim=dim, normalize=normalize, truncate=truncate
+                )
             assert texts is not None
-            return await batcher.embed(texts, prompt=prompt, dim=dim, truncate=truncate)
+            return await batcher.embed(
+                texts, prompt=prompt, dim=dim, normalize=normalize, truncate=truncate
+            )
         except QueueFull as err:
             raise ApiError(429, f"the server is busy: {err}; retry later", "Overloaded") from err
         except TooLongError as err:
@@ -423,18 +428,9 @@ class Server:
         normalize = body.get("normalize", True)
         if not isinstance(truncate, bool) or not isinstance(normalize, bool):
             raise ApiError(422, "`truncate` and `normalize` must be true or false")
-        if not normalize and model.manifest.normalize:
-            # The backend normalizes inside pooling (the manifest's normalize), with no way to
-            # ask it not to, so TEI's un-normalized vectors cannot be given for this model.
-            raise ApiError(
-                422,
-                f"normalize=false is not available for {name!r}: its vectors are normalized "
-                "when pooled (its manifest says normalize=true), so the un-normalized ones are "
-                "never made; omit `normalize` or send true",
-            )
-        vectors, _ = await self._embed(name, texts, prompt, self._dim(body, model), truncate)
-        if normalize and not model.manifest.normalize:
-            vectors = vectors / np.maximum(np.linalg.norm(vectors, axis=1, keepdims=True), 1e-12)
+        # TEI's default is normalized whatever the model's rule (OpenAI's route keeps the rule).
+        dim = self._dim(body, model)
+        vectors, _ = await self._embed(name, texts, prompt, dim, truncate, normalize=normalize)
         return vectors
 
     async def tei_rerank(self, body: dict[str, Any]) -> list[dict[str, Any]]:

@@ -1,7 +1,8 @@
 """Cross-request dynamic batching: the requests of one model share one queue and one worker.
 
 A request puts its texts on the queue and awaits a future. The worker takes every job queued
-with the same prompt and width as the oldest one (up to ``max_step_texts`` texts), runs them as
+with the same prompt, width and normalization as the oldest one (up to ``max_step_texts``
+texts), runs them as
 one ``TextEmbedding.encode`` call on a thread of its own (the Rust core and ONNX Runtime release
 the GIL, so the event loop keeps accepting meanwhile), and completes each job's future with its
 rows. ``encode`` length-sorts the texts and pads each batch under the token budget, so a request
@@ -48,6 +49,9 @@ class Key:
     prompt: str | None
     instruction: str | None
     dim: int | None
+    #: Whether the vectors are L2-normalized: the request's choice, else the model's rule, so
+    #: requests asking for what the model does anyway share a step with those asking nothing.
+    normalize: bool
     #: The inputs are token-id rows (``TextEmbedding.encode_ids``), not texts.
     ids: bool = False
 
@@ -132,6 +136,7 @@ class Batcher:
         prompt: str | None = None,
         instruction: str | None = None,
         dim: int | None = None,
+        normalize: bool | None = None,
         truncate: bool = True,
     ) -> tuple[Vectors, int]:
         """``(len(texts), width)`` vectors, equal to ``model.encode``'s for the same texts and
@@ -139,13 +144,25 @@ class Batcher:
         text past the max length with ``truncate=False``), and the ValueError / TypeError
         ``encode`` raises for bad arguments."""
         self.model.plan(prompt, instruction)  # bad prompt arguments fail here, not in a step
-        return await self._submit(texts, Key(prompt, instruction, dim), truncate)
+        key = Key(prompt, instruction, dim, self._normalize(normalize))
+        return await self._submit(texts, key, truncate)
 
     async def embed_ids(
-        self, rows: list[list[int]], *, dim: int | None = None, truncate: bool = True
+        self,
+        rows: list[list[int]],
+        *,
+        dim: int | None = None,
+        normalize: bool | None = None,
+        truncate: bool = True,
     ) -> tuple[Vectors, int]:
         """As ``embed`` for rows of token ids (``TextEmbedding.encode_ids``)."""
-        return await self._submit(rows, Key(None, None, dim, ids=True), truncate)
+        key = Key(None, None, dim, self._normalize(normalize), ids=True)
+        return await self._submit(rows, key, truncate)
+
+    def _normalize(self, normalize: bool | None) -> bool:
+        if normalize is not None and not isinstance(normalize, bool):
+            raise TypeError(f"normalize must be None, True or False, got {normalize!r}")
+        return self.model.manifest.normalize if normalize is None else normalize
 
     async def _submit(self, inputs: list[Any], key: Key, truncate: bool) -> tuple[Vectors, int]:
         if self._wake is None:  # no lifespan (an AWS Lambda adapter): start on first use
@@ -258,7 +275,9 @@ class Batcher:
         if texts:
             try:
                 if key.ids:
-                    vectors = model.encode_ids(texts, self.batch_size, dim=key.dim)
+                    vectors = model.encode_ids(
+                        texts, self.batch_size, dim=key.dim, normalize=key.normalize
+                    )
                 else:
                     vectors = model.encode(
                         texts,
@@ -266,6 +285,7 @@ class Batcher:
                         prompt=key.prompt,
                         instruction=key.instruction,
                         dim=key.dim,
+                        normalize=key.normalize,
                     )
             except Exception as err:  # noqa: BLE001 - reported to each request
                 for i in good:
