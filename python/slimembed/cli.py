@@ -7,20 +7,18 @@ import codecs
 import contextlib
 import importlib.metadata
 import json
-import os
-import secrets
 import signal
-import stat
 import sys
 import threading
 from collections.abc import Iterator
 from pathlib import Path
-from typing import TYPE_CHECKING, BinaryIO
+from typing import TYPE_CHECKING, Any
 
 import click
 import numpy as np
 
-from slimembed import hub, registry
+from slimembed import corpus, hub, registry
+from slimembed.corpus import decode_line, replacing
 from slimembed.errors import SlimembedError
 
 if TYPE_CHECKING:
@@ -104,15 +102,7 @@ def _lines(data: bytes, source: str) -> list[str]:
         lines.pop()
     if lines and lines[0].startswith(codecs.BOM_UTF8):
         lines[0] = lines[0][len(codecs.BOM_UTF8) :]
-    texts = []
-    for number, line in enumerate(lines, 1):
-        try:
-            texts.append(line.removesuffix(b"\r").decode("utf-8"))
-        except UnicodeDecodeError as err:
-            raise ValueError(
-                f"{source}: line {number} is not UTF-8 text (byte {err.start + 1}: {err.reason})"
-            ) from None
-    return texts
+    return [decode_line(line, source, number) for number, line in enumerate(lines, 1)]
 
 
 class _Terminated(SystemExit):
@@ -136,34 +126,6 @@ def _sigterm_unwinds() -> Iterator[None]:
         yield
     finally:
         signal.signal(signal.SIGTERM, previous)
-
-
-@contextlib.contextmanager
-def _replacing(target: Path) -> Iterator[BinaryIO]:
-    """A new file beside ``target`` that takes its place only once the block completes: an
-    interrupted or failed run leaves no partial file and an older ``target`` untouched.
-
-    The file is made as a plain ``open`` would make it (0666 less the umask; an existing
-    target's mode is kept), in the same folder so that ``os.replace`` is atomic."""
-    for _ in range(100):
-        part = target.with_name(f".{target.name}.{secrets.token_hex(4)}.part")
-        try:
-            fd = os.open(part, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o666)
-        except FileExistsError:
-            continue
-        break
-    else:  # pragma: no cover - 100 random names all taken
-        raise FileExistsError(f"no free temporary name beside {target}")
-    try:
-        with os.fdopen(fd, "wb") as fh:
-            yield fh
-        with contextlib.suppress(FileNotFoundError):
-            os.chmod(part, stat.S_IMODE(target.stat().st_mode))
-        os.replace(part, target)
-    except BaseException:
-        with contextlib.suppress(FileNotFoundError):
-            part.unlink()
-        raise
 
 
 def _read_texts(texts: tuple[str, ...], input_file: Path | None) -> list[str]:
@@ -229,10 +191,49 @@ _POSITIVE = click.IntRange(min=1)
 @click.option(
     "--output",
     "-o",
-    type=click.Path(dir_okay=False, path_type=Path),
+    type=click.Path(path_type=Path),
     default=None,
     help="Write vectors to a .npy file or as JSON lines (any other name) instead of printing "
     "a summary. The file appears only once complete; an older one stays until then.",
+)
+@click.option(
+    "--input",
+    "-i",
+    "corpus_file",
+    type=click.Path(exists=True, dir_okay=False, path_type=Path),
+    help="Embed a corpus file (.txt: a text per line; .jsonl or .parquet: --column) into "
+    "--output (.parquet or .npy), in shards: a rerun resumes an interrupted run.",
+)
+@click.option("--column", default="text", show_default=True, help="--input's text column.")
+@click.option("--id-column", default=None, help="--input's id column, kept in the output.")
+@click.option(
+    "--prompt",
+    "prompt",
+    type=click.Choice(["query", "document"]),
+    help="Apply the model's query or document prompt (as --query / --document).",
+)
+@click.option("--instruction", default=None, help="The task instruction of query prompts.")
+@click.option(
+    "--shard-size",
+    type=_POSITIVE,
+    default=corpus.DEFAULT_SHARD_ROWS,
+    show_default=True,
+    help="--input: rows per shard (what a resumed run may redo).",
+)
+@click.option(
+    "--skip-bad-rows",
+    is_flag=True,
+    help="--input: leave out rows whose text is null or not a string, and list them.",
+)
+@click.option("--overwrite", is_flag=True, help="--input: replace an existing --output.")
+@click.option(
+    "--ray",
+    "ray_address",
+    is_flag=False,
+    flag_value="local",
+    default=None,
+    help="--input: run on a Ray cluster (ADDRESS, or a local one when none is given); "
+    "needs slimembed[ray]. --output is then a folder of Parquet files.",
 )
 def embed(
     model: str | None,
@@ -244,15 +245,58 @@ def embed(
     threads: int | None,
     cuda: bool,
     output: Path | None,
+    corpus_file: Path | None,
+    column: str,
+    id_column: str | None,
+    instruction: str | None,
+    shard_size: int,
+    skip_bad_rows: bool,
+    overwrite: bool,
+    ray_address: str | None,
 ) -> None:
-    """Embed TEXTS (or the lines of --file, or stdin) and print or save the vectors."""
+    """Embed TEXTS (or the lines of --file, or stdin) and print or save the vectors; or
+    embed the corpus file --input into --output."""
+    if output is not None and output.is_dir() and ray_address is None:
+        raise click.BadParameter(f"{output} is a folder", param_hint="'--output' / '-o'")
+    if corpus_file is not None:
+        if texts or input_file is not None:
+            raise click.UsageError("--input embeds a corpus file: pass no TEXTS and no --file")
+        if output is None:
+            raise click.UsageError("--input needs --output (.parquet or .npy)")
+        settings = {
+            "column": column,
+            "id_column": id_column,
+            "prompt": prompt,
+            "instruction": instruction,
+            "dim": dim,
+            "batch_size": batch_size,
+        }
+        if ray_address is not None:
+            _embed_on_ray(model, corpus_file, output, ray_address, threads, overwrite, settings)
+        else:
+            _embed_corpus(
+                model,
+                corpus_file,
+                output,
+                threads,
+                cuda,
+                shard_size,
+                skip_bad_rows,
+                overwrite,
+                settings,
+            )
+        return
+    if ray_address is not None or skip_bad_rows or overwrite or id_column is not None:
+        raise click.UsageError(
+            "--ray, --skip-bad-rows, --overwrite and --id-column apply to --input only"
+        )
     if output is not None and not output.absolute().parent.is_dir():
         raise click.BadParameter(
             f"folder {output.absolute().parent} does not exist", param_hint="'--output' / '-o'"
         )
     with _sigterm_unwinds(), contextlib.ExitStack() as stack:
         # The output file is made first, so that an interrupted run never leaves it behind.
-        fh = None if output is None else stack.enter_context(_replacing(output))
+        fh = None if output is None else stack.enter_context(replacing(output))
         items = _read_texts(texts, input_file)
         embedder, vectors = _encode(items, model, prompt, dim, batch_size, threads, cuda)
         if output is None or fh is None:
@@ -273,6 +317,95 @@ def embed(
         click.echo(f"wrote {len(items)} JSON lines to {output}")
 
 
+def _open(model: str | None, threads: int | None, cuda: bool) -> TextEmbedding:
+    """``TextEmbedding(model)``; a library error becomes a click error."""
+    from slimembed.text_embedding import TextEmbedding
+
+    try:
+        return TextEmbedding(model, threads=threads, cuda=cuda)
+    except SlimembedError as err:
+        raise click.ClickException(str(err)) from err
+
+
+def _embed_corpus(
+    model: str | None,
+    corpus_file: Path,
+    output: Path,
+    threads: int | None,
+    cuda: bool,
+    shard_size: int,
+    skip_bad_rows: bool,
+    overwrite: bool,
+    settings: dict[str, Any],
+) -> None:
+    """``slimembed embed --input``: the resumable single-machine job (slimembed.corpus)."""
+    try:
+        corpus.check_paths(corpus_file, output, settings["id_column"], overwrite)
+    except corpus.CorpusError as err:
+        raise click.UsageError(str(err)) from None
+    embedder = _open(model, threads, cuda)
+    try:
+        embedder.check_dim(settings["dim"])
+    except ValueError as err:
+        raise click.BadParameter(str(err), param_hint="'--dim'") from None
+    with _sigterm_unwinds():
+        try:
+            report = corpus.run(
+                embedder,
+                model or "default",
+                corpus_file,
+                output,
+                shard_rows=shard_size,
+                skip_bad_rows=skip_bad_rows,
+                overwrite=overwrite,
+                **settings,
+            )
+        except (SlimembedError, ValueError) as err:
+            raise click.ClickException(str(err)) from err
+        except OSError as err:
+            raise click.ClickException(f"could not write {output}: {err}") from err
+    resumed = f", {report.resumed_shards} shards resumed" if report.resumed_shards else ""
+    click.echo(f"wrote {report.embedded} vectors of {report.rows} rows to {output}{resumed}")
+    if report.skipped:
+        click.echo(
+            f"skipped {len(report.skipped)} rows (all listed in {corpus.skipped_file(output)}):",
+            err=True,
+        )
+        for item in report.skipped[: corpus.SHOWN_SKIPPED]:
+            click.echo(f"  row {item['row']} (id {item['id']!r}): {item['reason']}", err=True)
+
+
+def _embed_on_ray(
+    model: str | None,
+    corpus_file: Path,
+    output: Path,
+    address: str,
+    threads: int | None,
+    overwrite: bool,
+    settings: dict[str, Any],
+) -> None:
+    """``slimembed embed --input ... --ray``: the same job through Ray Data."""
+    try:
+        from slimembed.integrations import ray as ray_integration
+    except ImportError as err:
+        raise click.ClickException(
+            f"--ray needs Ray Data: pip install 'slimembed[ray]' ({err})"
+        ) from err
+    try:
+        written = ray_integration.embed_file(
+            corpus_file,
+            output,
+            model=model,
+            address=None if address == "local" else address,
+            num_cpus=threads or 1,
+            overwrite=overwrite,
+            **settings,
+        )
+    except (SlimembedError, ValueError) as err:
+        raise click.ClickException(str(err)) from err
+    click.echo(f"wrote {written} vectors to {output}/ (Parquet files, through Ray Data)")
+
+
 def _encode(
     items: list[str],
     model: str | None,
@@ -283,12 +416,7 @@ def _encode(
     cuda: bool,
 ) -> tuple[TextEmbedding, np.ndarray]:
     """The model and the vectors of ``items``; library errors become click errors."""
-    from slimembed.text_embedding import TextEmbedding
-
-    try:
-        embedder = TextEmbedding(model, threads=threads, cuda=cuda)
-    except SlimembedError as err:
-        raise click.ClickException(str(err)) from err
+    embedder = _open(model, threads, cuda)
     try:
         embedder.check_dim(dim)
     except ValueError as err:
