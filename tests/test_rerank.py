@@ -14,6 +14,7 @@ import transformers
 
 from benchmarks.rerank_speed import sgpt_scores
 from slimembed import Manifest, TextCrossEncoder, TextEmbedding, retrieve_then_rerank
+from slimembed import rerank as rerank_module
 from slimembed.errors import ModelFileError, TooLongError
 from slimembed_export import ExportError, ExportOptions, export_model
 from tests import reference, tiny
@@ -105,6 +106,96 @@ def test_rerank_api_order_mean_and_errors(rerankers: dict) -> None:  # type: ign
         list(reranker.rerank(query, ["ok", None]))  # type: ignore[list-item]
     with pytest.raises(ModelFileError, match="TextCrossEncoder"):
         TextEmbedding(model_dir)
+
+
+def test_fastembed_surface_scores_as_sgpt(rerankers: dict) -> None:  # type: ignore[type-arg]
+    """fastembed's calls (positional and by keyword, a bare pair, token_count) give the scores
+    of SGPT's code, and rerank orders documents as those scores do."""
+    source, model_dir = rerankers["gpt2"]
+    reranker = TextCrossEncoder(model_name=str(model_dir), threads=1, cuda="auto", lazy_load=True)
+    query = "who plays the guitar"
+    docs = ["The stock market fell today.", "A man plays a guitar.", "Guitars have strings."]
+    want = sgpt_reference(source, [(query, d) for d in docs], 3)
+
+    positional = list(reranker.rerank(query, docs, 64, None))
+    by_keyword = list(reranker.rerank(query=query, documents=iter(docs), batch_size=2))
+    pairs = list(reranker.rerank_pairs(pairs=[(query, d) for d in docs], batch_size=1))
+    np.testing.assert_allclose(positional, want, atol=1e-4)
+    np.testing.assert_allclose(by_keyword, positional, atol=1e-5)
+    np.testing.assert_allclose(pairs, positional, atol=1e-5)
+    assert np.argsort(positional).tolist() == np.argsort(want).tolist()
+    np.testing.assert_allclose(list(reranker.rerank_pairs((query, docs[1]))), want[1], atol=1e-4)
+
+    tokens = reranker.tokenizer.encode
+    template = Manifest.load(model_dir).rerank_template
+    assert template is not None
+    context = tokens([template.replace("{document}", docs[0])], add_special_tokens=False)
+    expected = len(context.row(0)) + len(tokens([query], add_special_tokens=False).row(0))
+    assert reranker.token_count((query, docs[0])) == expected
+    assert reranker.token_count([(query, docs[0])] * 3, batch_size=2) == 3 * expected
+    with pytest.raises(TypeError, match="unexpected keyword"):
+        TextCrossEncoder(model_dir, no_such_option=1)  # type: ignore[call-arg]
+    with pytest.raises(ValueError, match="cuda must be"):
+        TextCrossEncoder(model_dir, cuda="gpu")
+
+
+def test_parallel_reranking_gives_the_scores_of_one_process(rerankers: dict) -> None:  # type: ignore[type-arg]
+    _, model_dir = rerankers["llama"]
+    reranker = TextCrossEncoder(model_dir, threads=1)
+    pairs = _pairs()
+    want = np.array(list(reranker.rerank_pairs(pairs, batch_size=8)))
+
+    got = np.array(list(reranker.rerank_pairs(pairs, batch_size=8, parallel=2)))
+    query = pairs[0][0]
+    docs = [d for q, d in pairs if q == query]
+    by_document = list(reranker.rerank(query, docs, batch_size=4, parallel=2))
+
+    np.testing.assert_allclose(got, want, atol=1e-5)
+    np.testing.assert_allclose(by_document, want[: len(docs)], atol=1e-5)
+    # Errors in a worker's batch name the pair by its position in the caller's input.
+    broken: list[object] = [*pairs[:20], ("a query", None)]
+    with pytest.raises(TypeError, match=r"texts\[20\]"):
+        list(reranker.rerank_pairs(broken, batch_size=8, parallel=2))  # type: ignore[arg-type]
+    long_query = " ".join(["guitar"] * 200)
+    with pytest.raises(TooLongError, match="pair 17") as caught:
+        list(reranker.rerank_pairs([*pairs[:17], (long_query, "x")], batch_size=8, parallel=2))
+    assert caught.value.index == 17
+    with pytest.raises(ValueError, match="parallel"):
+        reranker.rerank_pairs(pairs, parallel=-1)
+
+
+def test_add_custom_model_names_a_reranker(
+    rerankers: dict,  # type: ignore[type-arg]
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    monkeypatch.setattr(rerank_module, "_CUSTOM", {})
+    _, model_dir = rerankers["qwen3"]
+    assert TextCrossEncoder.list_supported_models() == []
+    TextCrossEncoder.add_custom_model(
+        "my-reranker", {"hf": str(model_dir)}, description="tiny", size_in_gb=0.001
+    )
+    (entry,) = TextCrossEncoder.list_supported_models()
+    assert entry["model"] == "my-reranker"
+    assert entry["sources"]["hf"] == str(model_dir)
+    assert {"model_file", "description", "license", "size_in_GB", "additional_files"} <= set(entry)
+
+    by_name = TextCrossEncoder("my-reranker", threads=1)
+    pairs = _pairs()[:12]
+    want = list(TextCrossEncoder(model_dir, threads=1).rerank_pairs(pairs))
+    np.testing.assert_allclose(list(by_name.rerank_pairs(pairs)), want, atol=1e-6)
+    assert by_name.model_name == "my-reranker"
+    # Spawned workers know nothing of this process's registrations: they load the source.
+    np.testing.assert_allclose(
+        list(by_name.rerank_pairs(pairs, batch_size=4, parallel=2)), want, atol=1e-5
+    )
+    with pytest.raises(ValueError, match="already registered"):
+        TextCrossEncoder.add_custom_model("My-Reranker", str(model_dir))
+    with pytest.raises(ValueError, match="manifest names its graph"):
+        TextCrossEncoder.add_custom_model("other", str(model_dir), model_file="onnx/model.onnx")
+    with pytest.raises(ValueError, match="additional_files"):
+        TextCrossEncoder.add_custom_model("other", str(model_dir), additional_files=["x.json"])
+    with pytest.raises(ValueError, match="no Hugging Face"):
+        TextCrossEncoder.add_custom_model("other", {"url": "https://example.com/m.tar.gz"})
 
 
 def test_graph_returns_token_logprobs_not_logits(rerankers: dict) -> None:  # type: ignore[type-arg]

@@ -45,18 +45,19 @@ class Facade:
         threads: int | None = None,
         providers: Sequence[Provider] | None = None,
         cuda: bool | str = False,
-        device_id: int = 0,
+        device_ids: Sequence[int] | None = None,
         lazy_load: bool = False,
         revision: str | None = None,
         local_files_only: bool = False,
         max_tokens: int = DEFAULT_MAX_TOKENS,
         precision: str | None = None,
         model_file: str | None = None,
-        device_ids: Sequence[int] | None = None,
+        device_id: int = 0,
         specific_model_path: str | os.PathLike[str] | None = None,
         max_length: int | None = None,
     ) -> None:
-        """Open ``model_name`` and load its backend.
+        """Open ``model_name`` and load its backend. The first seven parameters are
+        fastembed's, in its order.
 
         Args:
             model_name: a model directory made by ``slimembed export`` or ``slimembed
@@ -76,7 +77,8 @@ class Facade:
             cuda: ``True`` (or ``"cuda"``): the CUDA provider, ProviderError where it is not
                 available; ``"auto"`` (fastembed's ``Device.AUTO``): CUDA where this
                 onnxruntime has it and the model runs on ONNX Runtime, else CPU.
-            device_id: the CUDA device.
+            device_ids: fastembed's CUDA devices: the first is ``device_id``; data-parallel
+                ``embed(parallel=N)`` gives worker ``i`` device ``device_ids[i % len]``.
             lazy_load: load the graph on first use instead of now.
             revision: hub revision (branch, tag or commit) to pin.
             local_files_only: never download; use the cache only.
@@ -88,8 +90,7 @@ class Facade:
                 precision (default: its float32 graph, the faithful one).
             model_file: for such a repository, the graph to run, as a path inside it
                 (``"onnx/model_qint8_avx512_vnni.onnx"``; fastembed's name for the field).
-            device_ids: fastembed's CUDA devices: the first is ``device_id``; data-parallel
-                ``embed(parallel=N)`` gives worker ``i`` device ``device_ids[i % len]``.
+            device_id: the CUDA device (where ``device_ids`` is not given).
             specific_model_path: fastembed's folder holding the model's files: loaded in
                 place of ``model_name`` (which then only names the model).
             max_length: tokens per text at most, below the model's own limit (fastembed's
@@ -109,7 +110,8 @@ class Facade:
             device_id = int(device_ids[0])
         if threads is not None and threads < 1:
             raise ValueError(f"threads must be >= 1, got {threads}")
-        source = self.default_model if model_name is None else model_name
+        named = None if model_name is None else self.source_of(model_name)
+        source = self.default_model if named is None else named
         if specific_model_path is not None:
             source = Path(specific_model_path)
         if source is None:
@@ -134,7 +136,7 @@ class Facade:
         self.device_ids = tuple(device_ids) if device_ids is not None else (device_id,)
         # What a data-parallel worker needs to load the same model (from the cache only).
         self.loading: dict[str, Any] = {
-            "model_name": model_name,
+            "model_name": named,
             "cache_dir": cache_dir,
             "providers": providers,
             "cuda": use_cuda,
@@ -160,6 +162,12 @@ class Facade:
             name=self.model_name,
         )
         self.precision = self.backend.precision
+
+    @classmethod
+    def source_of(cls, model_name: str | os.PathLike[str]) -> str | os.PathLike[str]:
+        """What ``model_name`` loads from: itself, unless the class keeps names of its own
+        (``TextCrossEncoder.add_custom_model``); a data-parallel worker loads that source."""
+        return model_name
 
 
 def _cuda_choice(
