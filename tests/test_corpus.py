@@ -229,3 +229,15 @@ def test_killed_then_rerun_gives_the_rows_of_an_uninterrupted_run(
     assert got_ids == want_ids
     np.testing.assert_array_equal(got, want)
     assert not parts.exists()
+
+
+@pytest.mark.parametrize("target", [".npy", ".parquet"])
+def test_an_empty_corpus_gives_an_empty_output_of_the_models_width(
+    target: str, tmp_path: Path
+) -> None:
+    corpus = tmp_path / "corpus.txt"
+    corpus.write_bytes(b"")
+    output = tmp_path / f"vectors{target}"
+    result = invoke("--input", str(corpus), "--output", str(output))
+    assert result.exit_code == 0, result.output
+    assert read_vectors(output)[1].shape == (0, 256)
