@@ -59,9 +59,9 @@ def read_vectors(path: Path) -> tuple[list[Any], np.ndarray]:
     if path.suffix == ".npy":
         return [], np.load(path)
     table = pq.read_table(path)
-    vectors = np.asarray(table.column("embedding").combine_chunks().flatten()).reshape(
-        table.num_rows, -1
-    )
+    width = table.schema.field("embedding").type.list_size
+    flat = table.column("embedding").combine_chunks().flatten()
+    vectors = np.asarray(flat, dtype=np.float32).reshape(table.num_rows, width)
     return table.column(0).to_pylist(), vectors
 
 
