@@ -38,8 +38,9 @@ class TextEmbedding(Facade):
 
     ``TextEmbedding()`` loads the embedded default, a static model shipped inside the package
     that works offline; the arguments are ``Facade.__init__``'s (``model_name``, ``cache_dir``,
-    ``threads``, ``providers``, ``cuda``, ``device_id``, ``lazy_load``, ``revision``,
-    ``local_files_only``, ``max_tokens``, ``precision``).
+    ``threads``, ``providers``, ``cuda``, ``device_ids``, ``lazy_load`` — fastembed's first
+    seven, in its order — then ``revision``, ``local_files_only``, ``max_tokens``,
+    ``precision``, ``model_file``, ``device_id``, ``specific_model_path``, ``max_length``).
     """
 
     task = "embed"
