@@ -9,6 +9,7 @@ from __future__ import annotations
 import asyncio
 import json
 import pickle
+import sys
 import threading
 import time
 from collections.abc import Callable, Iterator
@@ -241,6 +242,32 @@ def test_llamaindex_vector_store_index_retrieves_scifact(
     nodes = [TextNode(text=t, id_=i) for i, t in zip(corpus.doc_ids, corpus.docs, strict=True)]
     index = VectorStoreIndex(nodes, embed_model=SlimembedEmbedding())
     retriever = index.as_retriever(similarity_top_k=10)
+    rankings = [[hit.node.node_id for hit in retriever.retrieve(q)] for q in corpus.queries]
+    ndcg = ranked_ndcg_at_10(rankings, corpus.query_ids, corpus.qrels)
+    assert ndcg == pytest.approx(exact_ndcg, abs=1e-6)
+
+
+def test_llamaindex_fastembed_integration_runs_on_slimembed_in_fastembeds_place(
+    corpus: vector_stores.Corpus, exact_ndcg: float, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """llama-index-embeddings-fastembed, unmodified, with ``fastembed`` resolving to slimembed:
+    its vectors are ours and its index retrieves SciFact as our exact search does."""
+    pytest.importorskip("llama_index.embeddings.fastembed")
+    import slimembed
+
+    monkeypatch.setitem(sys.modules, "fastembed", slimembed)
+    from llama_index.core import VectorStoreIndex
+    from llama_index.core.schema import TextNode
+    from llama_index.embeddings.fastembed import FastEmbedEmbedding
+
+    embed_model = FastEmbedEmbedding(model_name=str(DEFAULT_MODEL_DIR), threads=2)
+    model = TextEmbedding()
+    want = model.encode(TEXTS, prompt="document")
+    np.testing.assert_array_equal(np.array(embed_model.get_text_embedding_batch(TEXTS)), want)
+    query = model.encode([QUERY], prompt="query")[0]
+    np.testing.assert_array_equal(np.array(embed_model.get_query_embedding(QUERY)), query)
+    nodes = [TextNode(text=t, id_=i) for i, t in zip(corpus.doc_ids, corpus.docs, strict=True)]
+    retriever = VectorStoreIndex(nodes, embed_model=embed_model).as_retriever(similarity_top_k=10)
     rankings = [[hit.node.node_id for hit in retriever.retrieve(q)] for q in corpus.queries]
     ndcg = ranked_ndcg_at_10(rankings, corpus.query_ids, corpus.qrels)
     assert ndcg == pytest.approx(exact_ndcg, abs=1e-6)
