@@ -77,7 +77,10 @@ def test_matryoshka_without_normalize_truncates_and_does_not_renormalize(
     np.testing.assert_allclose(model.encode(TEXTS, dim=8), _unit(raw[:, :8]), atol=1e-6)
 
 
-def test_parallel_workers_refuse_a_normalize_they_cannot_honour() -> None:
+def test_parallel_workers_honour_normalize() -> None:
     model = TextEmbedding(threads=1)
-    with pytest.raises(ValueError, match="parallel=None"):
-        model.embed(TEXTS, parallel=2, normalize=False)
+    for normalize in (False, True):
+        got = np.stack(list(model.embed(TEXTS, batch_size=2, parallel=2, normalize=normalize)))
+        np.testing.assert_array_equal(
+            got, model.encode(TEXTS, prompt="document", normalize=normalize)
+        )

@@ -78,10 +78,11 @@ def embed(
     instruction: str | None,
     batch_size: int,
     dim: int | None,
+    normalize: bool | None,
     parallel: int,
 ) -> Iterator[np.ndarray]:
     """Yield one vector per text, in order, embedded by ``workers(parallel)`` processes."""
-    tasks = _batches(texts, batch_size, prompt, instruction, dim)
+    tasks = _batches(texts, batch_size, prompt, instruction, dim, normalize)
     for vectors in imap(model, tasks, _embed_batch, parallel):
         yield from vectors
 
@@ -92,12 +93,13 @@ def _batches(
     prompt: str | None,
     instruction: str | None,
     dim: int | None,
-) -> Iterator[tuple[int, list[str], str | None, str | None, int, int | None]]:
+    normalize: bool | None,
+) -> Iterator[tuple[int, list[str], str | None, str | None, int, int | None, bool | None]]:
     iterator = iter(texts)
     offset = 0
     while chunk := list(islice(iterator, batch_size)):
         check_texts(chunk, offset)
-        yield offset, chunk, prompt, instruction, batch_size, dim
+        yield offset, chunk, prompt, instruction, batch_size, dim, normalize
         offset += len(chunk)
 
 
@@ -130,9 +132,9 @@ def _run(work: Callable[[Any, Task], Result], task: Task) -> Result:
 
 def _embed_batch(
     model: TextEmbedding,
-    task: tuple[int, list[str], str | None, str | None, int, int | None],
+    task: tuple[int, list[str], str | None, str | None, int, int | None, bool | None],
 ) -> np.ndarray:
-    offset, chunk, prompt, instruction, batch_size, dim = task
+    offset, chunk, prompt, instruction, batch_size, dim, normalize = task
     plan = model.plan(prompt, instruction)
     with naming_texts(chunk, offset):
-        return model.backend.embed(chunk, plan, batch_size, dim)
+        return model.backend.embed(chunk, plan, batch_size, dim, normalize=normalize)

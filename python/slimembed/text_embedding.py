@@ -313,15 +313,9 @@ class TextEmbedding(Facade):
             raise ValueError(f"batch_size must be >= 1, got {batch_size}")
         plan = self.plan(prompt, instruction)
         if parallel is not None and parallel_embedding.workers(parallel) > 1:
-            if normalize is not None and normalize != self.manifest.normalize:
-                raise ValueError(
-                    f"normalize={normalize} differs from the model's rule and parallel= "
-                    "workers embed by the model's rule: embed in this process (parallel=None) "
-                    "to choose the normalization"
-                )
             items = as_iterable(texts)
             rows = parallel_embedding.embed(
-                self, items, prompt, instruction, batch_size, dim, parallel
+                self, items, prompt, instruction, batch_size, dim, normalize, parallel
             )
             return _counted(rows, _progress_bar(items)) if progress else rows
         chunks = self._chunks(as_iterable(texts), plan, batch_size, dim, normalize, progress)
