@@ -334,3 +334,36 @@ def test_a_cached_repository_loads_when_the_hub_cannot_be_reached(
     assert report["graph_file"] == "onnx/model.onnx"
     want = TextEmbedding(minilm_onnx_repo, cache_dir=tmp_path / "other").encode(texts)
     np.testing.assert_allclose(got, want, atol=1e-6)
+
+
+def test_slimembed_serve_serves_a_hub_repository_by_its_id(
+    minilm_onnx_repo: Path, tmp_path: Path
+) -> None:
+    """``slimembed serve ORG/NAME`` on a cached repository: the server's loader adopts it,
+    names it by its id, and /v1/embeddings and /info answer with its vectors and settings."""
+    pytest.importorskip("starlette")
+    from slimembed.serve import ServeSettings, create_app
+    from slimembed.serve.cli import load_model, served_name
+    from tests.test_serve import Running, call
+
+    cache = tmp_path / "hub"
+    hub_cache(cache, "acme/minilm-onnx", minilm_onnx_repo)
+    texts = ["hello world", "a second, longer text about embeddings"]
+    model = load_model("acme/minilm-onnx", cache_dir=cache, threads=1)
+    name = served_name("acme/minilm-onnx")
+    assert name == "acme/minilm-onnx"
+    want = TextEmbedding("acme/minilm-onnx", cache_dir=cache, threads=1).encode(texts)
+    with Running(create_app({name: model}, ServeSettings())) as running:
+        body = {"model": name, "input": texts, "encoding_format": "float"}
+        status, _, reply = call(f"{running.url}/v1/embeddings", body)
+        assert status == 200, reply
+        got = np.array([item["embedding"] for item in reply["data"]], dtype=np.float32)
+        np.testing.assert_allclose(got, want, atol=1e-6)
+        status, _, info = call(f"{running.url}/info")
+    assert status == 200
+    served = info["models"][name]
+    # The repository's own settings: its graph's width, 1_Pooling/config.json, the Normalize
+    # module, sentence_bert_config.json's max_seq_length.
+    assert served["model_id"] == "acme/minilm-onnx"
+    assert (served["dim"], served["pooling"], served["normalize"]) == (384, "mean", True)
+    assert served["max_input_length"] == 256
