@@ -93,7 +93,9 @@ def main() -> None:
     cores = 2
     items = texts(args.texts)
     chosen = args.model or ["default", "minilm-int8"]
-    ray.init(num_cpus=cores, include_dashboard=False, log_to_driver=False)
+    ray.init(
+        num_cpus=cores, _node_ip_address="127.0.0.1", include_dashboard=False, log_to_driver=False
+    )
     ray.data.DataContext.get_current().enable_progress_bars = False
     report: dict[str, Any] = {"machine": timing.machine(), "texts": len(items), "runs": {}}
     try:

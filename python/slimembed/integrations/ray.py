@@ -119,6 +119,7 @@ def embed_dataset(
     actors: int | tuple[int, int] | None = None,
     num_cpus: float = 1,
     batch_size: int = 256,
+    rows_per_call: int = 4096,
     batch_format: str = "pyarrow",
     **embedder_kwargs: Any,
 ) -> ray.data.Dataset:
@@ -129,8 +130,9 @@ def embed_dataset(
     ``actors`` is the pool's size, or its ``(min_size, max_size)`` for Ray to scale within.
     By default it scales from 1 to the cluster's CPUs divided by ``num_cpus``: a fixed pool
     that takes every CPU leaves none to the tasks that read the input, and then waits for
-    them forever. ``batch_size`` is both Ray's batch (rows per call) and the model's; the
-    other keywords are ``Embedder``'s.
+    them forever. ``rows_per_call`` is Ray's batch (the rows each call gets), ``batch_size``
+    the model's: a call sorts its rows by length before cutting them into model batches, as
+    ``encode`` does, so larger calls pad less; the other keywords are ``Embedder``'s.
     """
     if actors is None:
         cpus: dict[str, float] = ray.cluster_resources()  # type: ignore[no-untyped-call]
@@ -149,7 +151,7 @@ def embed_dataset(
         },
         compute=pool,
         num_cpus=num_cpus,
-        batch_size=batch_size,
+        batch_size=rows_per_call,
         batch_format=batch_format,
     )
 
@@ -188,8 +190,10 @@ def embed_file(
     if output.exists() and not overwrite:
         raise CorpusError(f"{output} exists: pass --overwrite to replace it")
     started = not ray.is_initialized()
-    if started:
-        ray.init(address=address, include_dashboard=False, log_to_driver=False)
+    if started and address is None:  # a local cluster, reachable from this machine only
+        ray.init(_node_ip_address="127.0.0.1", include_dashboard=False, log_to_driver=False)
+    elif started:
+        ray.init(address=address, log_to_driver=False)
     try:
         ds = read_corpus(input_path, column)
         # The dataset's own context: the one it runs with (a copy of the current one).
