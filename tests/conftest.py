@@ -7,7 +7,7 @@ import json
 import os
 import shutil
 import tempfile
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import numpy as np
@@ -18,7 +18,17 @@ os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ["SLIMEMBED_CACHE_DIR"] = tempfile.mkdtemp(prefix="slimembed-test-cache-")
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 
+from slimembed import registry
 from tests import tiny
+
+
+@pytest.fixture(autouse=True)
+def _registry_as_it_was() -> Iterator[None]:
+    """A model a test registers (``add_custom_model``) does not outlive the test."""
+    before = dict(registry._MODELS)
+    yield
+    registry._MODELS.clear()
+    registry._MODELS.update(before)
 
 
 @pytest.fixture(scope="session")

@@ -18,6 +18,7 @@ from slimembed import Manifest, TextEmbedding
 from slimembed.errors import ManifestError
 from slimembed_export import ExportError, ExportOptions, export_model
 from tests import reference, tiny
+from tests.hub_layout import hub_cache
 
 Exported = Callable[[str], Path]
 MIN_COSINE = 0.99999
@@ -180,12 +181,7 @@ def test_external_data_graph_loads_from_a_hub_cache_layout(
     graph's folder; the runtime must still load it, without copying the weights."""
     out = tmp_path / "external"
     export_model(str(tiny_source("qwen3")), out, ExportOptions(max_length=128, external_data=True))
-    blobs, snapshot = tmp_path / "hub" / "blobs", tmp_path / "hub" / "snapshots" / "abc123"
-    blobs.mkdir(parents=True)
-    snapshot.mkdir(parents=True)
-    for i, file in enumerate(sorted(out.iterdir())):
-        shutil.copy(file, blobs / f"blob{i:02d}")
-        (snapshot / file.name).symlink_to(Path("../../blobs") / f"blob{i:02d}")
+    snapshot = hub_cache(tmp_path / "hub", "acme/external", out)
     monkeypatch.setenv("SLIMEMBED_CACHE_DIR", str(tmp_path / "cache"))
     texts = reference.mixed_texts()
     want = TextEmbedding(out).encode(texts)
@@ -221,13 +217,9 @@ def test_external_data_links_only_files_of_the_model_and_copies_keep_permissions
         TextEmbedding(model)
     assert not linked.exists() or not any(linked.iterdir())
 
-    blobs, snapshot = tmp_path / "hub" / "blobs", tmp_path / "hub" / "snapshots" / "abc123"
-    blobs.mkdir(parents=True)
-    snapshot.mkdir(parents=True)
-    for i, file in enumerate(sorted(out.iterdir())):
-        shutil.copy(file, blobs / f"blob{i:02d}")
-        (blobs / f"blob{i:02d}").chmod(0o600)
-        (snapshot / file.name).symlink_to(Path("../../blobs") / f"blob{i:02d}")
+    snapshot = hub_cache(tmp_path / "hub", "acme/external", out)
+    for blob in (tmp_path / "hub" / "models--acme--external" / "blobs").iterdir():
+        blob.chmod(0o600)
 
     def no_link(src: object, dst: object) -> None:
         raise OSError(18, "Invalid cross-device link")
