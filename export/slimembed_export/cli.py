@@ -69,6 +69,13 @@ from slimembed_export.pipeline import ExportOptions, export_model
     default=None,
     help="rerank: the prompt before the query, with {document} (default: SGPT's).",
 )
+@click.option(
+    "--fuse/--no-fuse",
+    default=True,
+    show_default=True,
+    help="Write fused graphs (decoders: ONNX Runtime's attention, rotary and RMSNorm "
+    "operators; encoders: fused attention). --no-fuse keeps the traced graph.",
+)
 @click.option("--revision", default=None, help="Hub revision to pin.")
 @click.option(
     "--trust-remote-code", is_flag=True, help="Allow the source's own Python code to run."

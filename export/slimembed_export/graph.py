@@ -93,23 +93,44 @@ def export_graph(
     pad_id: int,
     external_data: bool | None = None,
     bidirectional: bool = False,
+    max_length: int = 512,
+    fuse: bool = True,
 ) -> str:
     """Write the embedding graph to ``path``, with weights in external data for large models
-    (or when ``external_data`` says so), its attention fused where that is exact
-    (slimembed_export.fusion); returns the exporter used."""
+    (or when ``external_data`` says so); returns how it was made.
+
+    With ``fuse``, decoders of the families slimembed_export.decoder builds are written fused
+    (checked against the model on a padded probe batch, traced when that check fails), and
+    encoders' attention is fused where that is exact (slimembed_export.fusion)."""
     if bidirectional and not decoder:
         raise ExportError("bidirectional applies to decoders; encoders are bidirectional already")
+    from slimembed_export import decoder as fused_decoder
     from slimembed_export.fusion import fuse_attention
 
+    external = _size(model) > EXTERNAL_DATA_BYTES if external_data is None else external_data
+    not_fused = fused_decoder.unsupported_reason(model, max_length) if decoder else None
+    if decoder and fuse and not_fused is None:
+        built = fused_decoder.build_decoder_graph(model, path, max_length, bidirectional, external)
+        try:
+            fused_decoder.check(model, path, pad_id, bidirectional)
+            return built
+        except ExportError as err:
+            not_fused = str(err)
+            warnings.warn(f"{err}; exporting the traced graph instead", stacklevel=2)
+            for stale in (path, path.with_name(path.name + ".data")):
+                stale.unlink(missing_ok=True)
     ids, mask = _example(pad_id)
     exporter = _export(
         HiddenStates(model, decoder, bidirectional).eval(),
         {"input_ids": ids, "attention_mask": mask},
         "last_hidden_state",
         path,
-        external_data,
+        external,
     )
-    fused = fuse_attention(path)
+    if decoder:
+        why = "--no-fuse" if not fuse else not_fused
+        return f"{exporter}, unfused ({why})"
+    fused = fuse_attention(path) if fuse else 0
     return f"{exporter}, {fused} attention layers fused" if fused else exporter
 
 
@@ -129,6 +150,11 @@ def export_rerank_graph(
     return _export(TokenLogProbs(lm).eval(), inputs, "token_logprobs", path, external_data)
 
 
+def _size(model: torch.nn.Module) -> int:
+    """Bytes of the model's weights."""
+    return sum(p.numel() * p.element_size() for p in model.parameters())
+
+
 def _example(pad_id: int) -> tuple[torch.Tensor, torch.Tensor]:
     """Batch 2 and seq 8 with a padded row: no dimension is 0/1-specialized while tracing."""
     ids = torch.full((2, 8), 5, dtype=torch.long)
@@ -145,8 +171,7 @@ def _export(
     path: Path,
     external_data: bool | None,
 ) -> str:
-    size = sum(p.numel() * p.element_size() for p in wrapper.parameters())
-    external = size > EXTERNAL_DATA_BYTES if external_data is None else external_data
+    external = _size(wrapper) > EXTERNAL_DATA_BYTES if external_data is None else external_data
     batch, seq, targets = (torch.export.Dim(n) for n in ("batch", "seq", "targets"))
     dims = {"input_ids": seq, "attention_mask": seq, "target_positions": targets}
     dims["target_ids"] = targets

@@ -56,6 +56,9 @@ class ExportOptions:
     trust_remote_code: bool = False
     # None: external data only past protobuf's 2 GB limit.
     external_data: bool | None = None
+    # Fused graphs: decoders written into ONNX Runtime's fused operators
+    # (slimembed_export.decoder), encoders' attention into MultiHeadAttention (fusion).
+    fuse: bool = True
     # Static tables: one of fp32, fp16, int8 (per-row scales). Transformers: the fp32 graph
     # plus int8 and/or fp16 graphs beside it (("int8",), ("int8", "fp16")). A single name is
     # accepted too.
@@ -176,6 +179,8 @@ def _export_transformer(
         pad_id,
         external_data=opts.external_data,
         bidirectional=decoder and attention == "bidirectional",
+        max_length=max_length,
+        fuse=opts.fuse,
     )
     (staging / "tokenizer.json").write_text(tokenizer.backend_tokenizer.to_str(), encoding="utf-8")
     dim = int(config.get("hidden_size") or config.get("n_embd") or model.config.hidden_size)

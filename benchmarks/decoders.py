@@ -1,0 +1,218 @@
+"""Decoder embedders on CPU, side by side: slimembed's fused graph, the traced (unfused) graph,
+INT8, and sentence-transformers on PyTorch with the same weights, texts and threads.
+
+    # Qwen3-Embedding-0.6B's shape with random weights (seed 0) and the tiny qwen3-embedding
+    # tokenizer of tests/tiny.py, as a Hugging Face folder:
+    python -m benchmarks.decoders shape qwen3-0.6b /tmp/q06/src
+    slimembed export /tmp/q06/src /tmp/q06/fused --family qwen3-embedding --max-length 512
+    slimembed export /tmp/q06/src /tmp/q06/unfused --family qwen3-embedding --max-length 512 \\
+        --no-fuse
+    python -m benchmarks.decoders speed --engine fused=slimembed:/tmp/q06/fused \\
+        --engine unfused=slimembed:/tmp/q06/unfused \\
+        --engine torch=torch:/tmp/q06/src@/tmp/q06/fused --short 64 --long 16 --memory
+
+``speed`` embeds ``--short`` STS-B en-test sentences and ``--long`` SciFact abstracts (cut at the
+export's max length) with every engine in turn, one warm-up and ``--reps`` interleaved
+repetitions, 2 threads each; ``--memory`` adds each engine's peak RSS (VmHWM) from a fresh
+process that loads it and embeds the texts once. Vectors are compared to the first engine.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import subprocess
+import sys
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from benchmarks.datasets import scifact, sts
+from benchmarks.timing import interleaved, machine, ratio, summary, versions
+
+THREADS = 2
+BATCH = 64
+# transformers configurations of the shapes measured (random weights).
+SHAPES: dict[str, dict[str, Any]] = {
+    "qwen3-0.6b": {  # Qwen/Qwen3-Embedding-0.6B's config.json
+        "vocab_size": 151669,
+        "hidden_size": 1024,
+        "intermediate_size": 3072,
+        "num_hidden_layers": 28,
+        "num_attention_heads": 16,
+        "num_key_value_heads": 8,
+        "head_dim": 128,
+        "max_position_embeddings": 32768,
+        "rope_theta": 1000000,
+        "rms_norm_eps": 1e-6,
+        "tie_word_embeddings": True,
+    },
+    "qwen3-1.7b": {  # Qwen/Qwen3-1.7B's config.json
+        "vocab_size": 151936,
+        "hidden_size": 2048,
+        "intermediate_size": 6144,
+        "num_hidden_layers": 28,
+        "num_attention_heads": 16,
+        "num_key_value_heads": 8,
+        "head_dim": 128,
+        "max_position_embeddings": 40960,
+        "rope_theta": 1000000,
+        "rms_norm_eps": 1e-6,
+        "tie_word_embeddings": True,
+    },
+}
+
+
+def build_shape(shape: str, out: Path) -> Path:
+    """A random-weight Qwen3 model of ``shape`` (seed 0) with tests/tiny.py's qwen3-embedding
+    tokenizer, saved as a Hugging Face folder (safetensors)."""
+    import torch
+    import transformers
+
+    from tests.tiny import _family_tokenizer
+
+    torch.manual_seed(0)
+    tokenizer = _family_tokenizer("qwen3-embedding")
+    config = transformers.Qwen3Config(
+        **SHAPES[shape],
+        bos_token_id=tokenizer.bos_token_id,
+        eos_token_id=tokenizer.eos_token_id,
+        pad_token_id=tokenizer.pad_token_id,
+    )
+    model = transformers.Qwen3ForCausalLM(config)
+    out.mkdir(parents=True, exist_ok=True)
+    tokenizer.save_pretrained(out)
+    model.save_pretrained(out)
+    return out
+
+
+def texts(short: int, long: int) -> dict[str, list[str]]:
+    sets = {"short": sts("en-test").sentences1[:short], "long": scifact("test").docs[:long]}
+    return {name: t for name, t in sets.items() if t}
+
+
+Encoder = Callable[[list[str]], np.ndarray]
+
+
+def load(spec: str) -> Encoder:
+    """``slimembed:DIR[:GRAPH]`` or ``torch:SRC`` (sentence-transformers, last-token pooling,
+    left padding, normalized, as the qwen3-embedding family embeds) -> an encoder."""
+    kind, _, rest = spec.partition(":")
+    if kind == "torch":
+        import torch
+        from sentence_transformers import SentenceTransformer, models
+
+        from slimembed import Manifest
+
+        torch.set_num_threads(THREADS)
+        src, _, exported = rest.partition("@")
+        max_length = Manifest.load(exported).max_length if exported else 512
+        body = models.Transformer(
+            src, max_seq_length=max_length, tokenizer_args={"padding_side": "left"}
+        )
+        pool = models.Pooling(body.get_word_embedding_dimension(), pooling_mode="lasttoken")
+        st = SentenceTransformer(modules=[body, pool, models.Normalize()], device="cpu")
+
+        def st_encode(ts: list[str]) -> np.ndarray:
+            return np.asarray(
+                st.encode(ts, batch_size=BATCH, convert_to_numpy=True), dtype=np.float32
+            )
+
+        return st_encode
+    from slimembed import TextEmbedding
+
+    directory, _, graph = rest.partition(":")
+    model = TextEmbedding(directory, threads=THREADS, precision=graph or None)
+    return lambda ts: model.encode(ts, batch_size=BATCH)
+
+
+def _peak_rss(spec: str, short: int, long: int) -> float:
+    """MiB of VmHWM of a fresh process that loads ``spec`` and embeds the texts once."""
+    code = (
+        "import sys; from benchmarks.decoders import load, texts\n"
+        "enc = load(sys.argv[1])\n"
+        "for t in texts(int(sys.argv[2]), int(sys.argv[3])).values(): enc(t)\n"
+        "print([l for l in open('/proc/self/status') if l.startswith('VmHWM')][0].split()[1])\n"
+    )
+    out = subprocess.run(
+        [sys.executable, "-c", code, spec, str(short), str(long)],
+        check=True,
+        capture_output=True,
+        text=True,
+    )
+    return int(out.stdout.strip().splitlines()[-1]) / 1024
+
+
+def speed(
+    engines: dict[str, str], short: int, long: int, reps: int, memory: bool
+) -> dict[str, Any]:
+    from slimembed_export.verify import cosines
+
+    loaded = {name: load(spec) for name, spec in engines.items()}
+    first = next(iter(loaded))
+    found: dict[str, Any] = {"engines": engines, "sets": {}}
+    for set_name, ts in texts(short, long).items():
+        vectors = {name: enc(ts) for name, enc in loaded.items()}
+        times = interleaved(
+            {name: (lambda e=enc, t=ts: e(t)) for name, enc in loaded.items()}, reps
+        )
+        found["sets"][set_name] = {
+            name: {
+                "texts_per_s": summary(times[name], len(ts)),
+                "speedup_vs": {
+                    other: ratio(times[name], times[other]) for other in loaded if other != name
+                },
+                f"cosine_to_{first}": {
+                    "mean": float(cosines(vectors[name], vectors[first]).mean()),
+                    "min": float(cosines(vectors[name], vectors[first]).min()),
+                },
+            }
+            for name in loaded
+        }
+        print(json.dumps({set_name: found["sets"][set_name]}, indent=1), flush=True)
+    if memory:
+        del loaded
+        found["peak_rss_mib"] = {
+            name: _peak_rss(spec, short, long) for name, spec in engines.items()
+        }
+    return found
+
+
+def main(argv: list[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    sub = parser.add_subparsers(dest="command", required=True)
+    shape = sub.add_parser("shape", help="build a random-weight model of a measured shape")
+    shape.add_argument("shape", choices=sorted(SHAPES))
+    shape.add_argument("out", type=Path)
+    run = sub.add_parser("speed", help="texts/s of engines side by side")
+    run.add_argument(
+        "--engine",
+        action="append",
+        required=True,
+        metavar="NAME=SPEC",
+        help="slimembed:DIR[:PRECISION] or torch:SRC[@EXPORTED_DIR] (repeat; the first is the "
+        "reference for cosines)",
+    )
+    run.add_argument("--short", type=int, default=64)
+    run.add_argument("--long", type=int, default=16)
+    run.add_argument("--reps", type=int, default=3)
+    run.add_argument("--memory", action="store_true", help="peak RSS of each engine")
+    run.add_argument("--out", type=Path)
+    args = parser.parse_args(argv)
+    if args.command == "shape":
+        print(build_shape(args.shape, args.out))
+        return
+    engines = dict(e.split("=", 1) for e in args.engine)
+    found = speed(engines, args.short, args.long, args.reps, args.memory)
+    found["machine"] = machine()
+    found["versions"] = versions(["slimembed", "onnxruntime", "torch", "sentence-transformers"])
+    text = json.dumps(found, indent=2)
+    if args.out:
+        args.out.write_text(text + "\n", encoding="utf-8")
+    print(text)
+
+
+if __name__ == "__main__":
+    main()
