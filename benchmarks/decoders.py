@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import shutil
 import subprocess
 import sys
 from collections.abc import Callable
@@ -85,6 +86,32 @@ def build_shape(shape: str, out: Path) -> Path:
     out.mkdir(parents=True, exist_ok=True)
     tokenizer.save_pretrained(out)
     model.save_pretrained(out)
+    return out
+
+
+def matmul_nbits(model_dir: Path, out: Path, bits: int = 8, block_size: int = 128) -> Path:
+    """A model directory whose graph is ``model_dir``'s FP32 graph with its weight MatMuls as
+    ONNX Runtime's weight-only MatMulNBits (symmetric, ``block_size`` rows per scale,
+    accuracy level 4: int8 activations in the kernel, its fastest on CPU), the layout of the
+    8-bit Qwen3-Embedding graphs fastembed's users run."""
+    import onnx
+    from onnxruntime.quantization.matmul_nbits_quantizer import MatMulNBitsQuantizer
+
+    from slimembed import Manifest
+
+    manifest = Manifest.load(model_dir)
+    assert manifest.graph_file is not None
+    out.mkdir(parents=True, exist_ok=True)
+    model = onnx.load(str(model_dir / manifest.graph_file))
+    quantizer = MatMulNBitsQuantizer(
+        model, bits=bits, block_size=block_size, is_symmetric=True, accuracy_level=4
+    )
+    quantizer.process()
+    external = sum(len(i.raw_data) for i in quantizer.model.model.graph.initializer) > 1.8e9
+    quantizer.model.save_model_to_file(str(out / "model.onnx"), use_external_data_format=external)
+    shutil.copy(model_dir / manifest.tokenizer_file, out / manifest.tokenizer_file)
+    source = {**manifest.source, "quantized": f"MatMulNBits {bits}-bit, block {block_size}"}
+    manifest.with_changes(variants={}, source=source).save(out)
     return out
 
 
@@ -186,6 +213,11 @@ def main(argv: list[str] | None = None) -> None:
     shape = sub.add_parser("shape", help="build a random-weight model of a measured shape")
     shape.add_argument("shape", choices=sorted(SHAPES))
     shape.add_argument("out", type=Path)
+    nbits = sub.add_parser("nbits", help="a MatMulNBits copy of an exported FP32 graph")
+    nbits.add_argument("model_dir", type=Path)
+    nbits.add_argument("out", type=Path)
+    nbits.add_argument("--bits", type=int, default=8)
+    nbits.add_argument("--block-size", type=int, default=128)
     run = sub.add_parser("speed", help="texts/s of engines side by side")
     run.add_argument(
         "--engine",
@@ -203,6 +235,9 @@ def main(argv: list[str] | None = None) -> None:
     args = parser.parse_args(argv)
     if args.command == "shape":
         print(build_shape(args.shape, args.out))
+        return
+    if args.command == "nbits":
+        print(matmul_nbits(args.model_dir, args.out, args.bits, args.block_size))
         return
     engines = dict(e.split("=", 1) for e in args.engine)
     found = speed(engines, args.short, args.long, args.reps, args.memory)

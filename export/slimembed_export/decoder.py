@@ -162,14 +162,26 @@ def build_decoder_graph(
     nodes: list[Any] = []
     consts: dict[str, str] = {}
 
+    # Every tensor's element type goes into the graph's value_info: the float16 converter
+    # needs it to put casts around the operators that stay float32, and ONNX's type
+    # inference does not know the com.microsoft ones. An output takes its data input's type
+    # (weights are float32), but for the ops that say otherwise.
+    types: dict[str, int] = {"input_ids": TensorProto.INT64, "attention_mask": TensorProto.INT64}
+    fixed = {"Less": TensorProto.BOOL, "Shape": TensorProto.INT64, "NonZero": TensorProto.INT64}
+
     def node(op: str, inputs: list[str], outputs: list[str], domain: str = "", **attrs: Any) -> str:
         name = f"{op}_{len(nodes)}"
         nodes.append(helper.make_node(op, inputs, outputs, name=name, domain=domain, **attrs))
+        data = inputs[1] if op == "Where" else inputs[0]
+        kind = attrs.get("to", fixed.get(op, types.get(data, TensorProto.FLOAT)))
+        types.update((o, kind) for o in outputs if o)
         return outputs[0]
 
     def const(name: str, value: Any, dtype: Any = np.int64) -> str:
         if name not in consts:
-            consts[name] = writer.add(name, np.asarray(value, dtype=dtype))
+            array = np.asarray(value, dtype=dtype)
+            consts[name] = writer.add(name, array)
+            types[name] = helper.np_dtype_to_tensor_dtype(array.dtype)
         return consts[name]
 
     # Padding removed: the projections, norms and MLP run on the real tokens only, packed as
@@ -337,6 +349,11 @@ def build_decoder_graph(
             )
         ],
         initializer=writer.inits,
+        value_info=[
+            helper.make_tensor_value_info(name, kind, None)
+            for name, kind in types.items()
+            if name != "last_hidden_state"
+        ],
     )
     onnx_model = helper.make_model(
         graph,

@@ -502,7 +502,8 @@ def activation_stats(
     source: Path, tensors: Collection[str], feeds: list[dict[str, np.ndarray]]
 ) -> dict[str, Calibration]:
     """Calibration figures of each named tensor of ``source`` over ``feeds``, real tokens only
-    (where the attention mask is 1)."""
+    (where the attention mask is 1; a tensor of as many rows as real tokens, as a fused
+    decoder's packed activations, holds nothing else)."""
     import onnx
     import onnxruntime as ort
     from onnx import TensorProto, helper
@@ -527,7 +528,9 @@ def activation_stats(
         real = feed["attention_mask"].reshape(-1).astype(bool)
         tokens += int(real.sum())
         for name, value in zip(names, outs, strict=True):
-            rows = value.reshape(real.shape[0], -1)[real]
+            rows = value.reshape(-1, value.shape[-1])
+            if len(rows) != real.sum():
+                rows = rows[real]
             found = np.abs(rows).max(axis=0)
             top[name] = np.maximum(top[name], found) if name in top else found
             product = rows.T @ rows

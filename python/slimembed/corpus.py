@@ -270,6 +270,19 @@ def skipped_file(output: Path) -> Path:
     return output.with_name(output.name + ".skipped.jsonl")
 
 
+def bad_text(text: object) -> str | None:
+    """Why ``text`` cannot be embedded as a corpus row (None when it can)."""
+    if isinstance(text, str):
+        return None
+    return "null" if text is None else f"a {type(text).__name__}, not a string"
+
+
+def check_output(output: Path, overwrite: bool) -> None:
+    """Refuse to replace an existing output unless asked to."""
+    if output.exists() and not overwrite:
+        raise CorpusError(f"{output} exists: pass --overwrite to replace it")
+
+
 def check_paths(input_path: Path, output: Path, id_column: str | None, overwrite: bool) -> None:
     """Refuse what cannot run before anything is loaded: formats, an existing output."""
     if input_path.suffix not in INPUT_SUFFIXES:
@@ -280,8 +293,7 @@ def check_paths(input_path: Path, output: Path, id_column: str | None, overwrite
         raise CorpusError(
             f"{output}: a .npy file holds the vectors alone; write .parquet to keep the ids"
         )
-    if output.exists() and not overwrite:
-        raise CorpusError(f"{output} exists: pass --overwrite to replace it")
+    check_output(output, overwrite)
     if output.suffix == ".parquet" or input_path.suffix == ".parquet":
         _parquet()
 
@@ -413,11 +425,11 @@ def _embed_shard(
     """Embed one shard's rows and write its data, then its record."""
     keep, skipped = [], []
     for offset, text in enumerate(rows.texts):
-        if isinstance(text, str):
+        reason = bad_text(text)
+        if reason is None:
             keep.append(offset)
             continue
         row, row_id = rows.first + offset, rows.ids[offset]
-        reason = "null" if text is None else f"a {type(text).__name__}, not a string"
         if not job.skip_bad_rows:
             raise CorpusError(
                 f"row {row} (id {row_id!r}): the text is {reason}; "

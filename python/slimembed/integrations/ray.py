@@ -28,7 +28,7 @@ import numpy as np
 import ray
 import ray.data
 
-from slimembed.corpus import INPUT_SUFFIXES, CorpusError
+from slimembed.corpus import INPUT_SUFFIXES, CorpusError, bad_text, check_output
 
 #: What ``Embedder`` adds to each batch.
 EMBEDDING_COLUMN = "embedding"
@@ -89,10 +89,10 @@ class Embedder:
 
     def _embed(self, texts: list[Any], ids: Any) -> np.ndarray:
         for offset, text in enumerate(texts):
-            if not isinstance(text, str):
+            kind = bad_text(text)
+            if kind is not None:
                 row_id = ids()[offset] if self.id_column is not None else None
                 named = f"id {row_id!r}" if row_id is not None else f"row {offset} of the batch"
-                kind = "null" if text is None else f"a {type(text).__name__}, not a string"
                 raise CorpusError(f"{named}: the text in {self.column!r} is {kind}")
         return self.model.encode(
             texts,
@@ -187,8 +187,7 @@ def embed_file(
     file on a Ray cluster (``address``; a local one when ``None``) into ``output``, a folder
     of Parquet files holding the id column (when given) and the embedding, in input order.
     Returns the number of rows written."""
-    if output.exists() and not overwrite:
-        raise CorpusError(f"{output} exists: pass --overwrite to replace it")
+    check_output(output, overwrite)
     started = not ray.is_initialized()
     if started and address is None:  # a local cluster, reachable from this machine only
         ray.init(_node_ip_address="127.0.0.1", include_dashboard=False, log_to_driver=False)
