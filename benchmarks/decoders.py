@@ -207,6 +207,24 @@ def speed(
     return found
 
 
+def fidelity(engines: dict[str, str], count: int) -> dict[str, Any]:
+    """Cosine of each engine's vectors to the first's on ``count`` texts drawn (seed 0) from
+    every text of shared/data, embedded as ``encode`` batches them."""
+    import random
+
+    from benchmarks.datasets import all_texts
+    from slimembed_export.verify import cosines
+
+    sample = random.Random(0).sample(list(all_texts()), count)
+    vectors = {name: load(spec)(sample) for name, spec in engines.items()}
+    first = next(iter(vectors))
+    found: dict[str, Any] = {"texts": count, "engines": engines}
+    for name in list(vectors)[1:]:
+        cos = cosines(vectors[name], vectors[first])
+        found[name] = {f"cosine_to_{first}_mean": float(cos.mean()), "min": float(cos.min())}
+    return found
+
+
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     sub = parser.add_subparsers(dest="command", required=True)
@@ -218,6 +236,9 @@ def main(argv: list[str] | None = None) -> None:
     nbits.add_argument("out", type=Path)
     nbits.add_argument("--bits", type=int, default=8)
     nbits.add_argument("--block-size", type=int, default=128)
+    fid = sub.add_parser("fidelity", help="cosines to the first engine on shared/data texts")
+    fid.add_argument("--engine", action="append", required=True, metavar="NAME=SPEC")
+    fid.add_argument("--texts", type=int, default=1000)
     run = sub.add_parser("speed", help="texts/s of engines side by side")
     run.add_argument(
         "--engine",
@@ -240,6 +261,9 @@ def main(argv: list[str] | None = None) -> None:
         print(matmul_nbits(args.model_dir, args.out, args.bits, args.block_size))
         return
     engines = dict(e.split("=", 1) for e in args.engine)
+    if args.command == "fidelity":
+        print(json.dumps(fidelity(engines, args.texts), indent=2))
+        return
     found = speed(engines, args.short, args.long, args.reps, args.memory)
     found["machine"] = machine()
     found["versions"] = versions(["slimembed", "onnxruntime", "torch", "sentence-transformers"])

@@ -19,7 +19,12 @@ from slimembed.manifest import GraphVariant
 from slimembed.session import choose_precision, create_session
 from slimembed_export import ExportOptions, export_model
 from slimembed_export.errors import ExportError
-from slimembed_export.quantize import _gptq, add_variants, calibration_texts
+from slimembed_export.quantize import (
+    _gptq,
+    add_variants,
+    calibration_texts,
+    variants_in_fresh_process,
+)
 from slimembed_export.verify import cosines
 
 
@@ -174,6 +179,14 @@ def test_tiny_qwen3_int8_and_fp16_with_left_padding(
         assert np.isfinite(alone).all()
         assert cosines(alone, batched).min() >= 0.9999
         assert cosines(fp32, batched).mean() >= 0.99, precision
+
+
+def test_quantizing_in_a_fresh_process_reports_its_error(tmp_path: Path) -> None:
+    from slimembed.text_embedding import DEFAULT_MODEL_DIR
+
+    static = shutil.copytree(DEFAULT_MODEL_DIR, tmp_path / "static")
+    with pytest.raises(ExportError, match=r"^quantized graphs are made from an fp32 graph$"):
+        variants_in_fresh_process(static, ("int8",), "test")
 
 
 def test_precision_errors(tiny_source: Callable[[str], Path], tmp_path: Path) -> None:

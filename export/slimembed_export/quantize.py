@@ -52,6 +52,8 @@ PRECISION_FILES = {"int8": "model.int8.onnx", "fp16": "model.fp16.onnx"}
 # can flip a rounding: 0.9997 was measured on Qwen3-0.6B's shape with random weights.
 MIN_BATCH_INVARIANCE = 0.999
 CALIBRATION_TEXTS = 128
+# Texts per calibration run: each run returns every MatMul input of its tokens at once.
+CALIBRATION_BATCH = 4
 # SmoothQuant's migration strength (0.5 measured best on all-MiniLM-L6-v2; 0.3-0.7 tried).
 SMOOTH_ALPHA = 0.5
 # GPTQ's dampening (share of the Gram matrix's mean diagonal): 0.1 measured best on
@@ -126,8 +128,11 @@ def quantize_int8(
     """
     import onnx
     from onnx import helper, numpy_helper
+    from onnx.external_data_helper import load_external_data_for_tensor
 
-    model = onnx.load(str(source))
+    # Weights stay in the source's external data (a large decoder's) until each is quantized:
+    # one weight matrix in memory at a time, not a second copy of all of them.
+    model = onnx.load(str(source), load_external_data=False)
     graph = model.graph
     inits = {i.name: i for i in graph.initializer}
     matmuls = _weight_matmuls(graph, inits)
@@ -148,9 +153,7 @@ def quantize_int8(
     smoothed: dict[str, str] = {}
     smooth_nodes: dict[str, Any] = {}
     zero_points: dict[str, int] = {}
-    weights = {
-        n.input[1]: numpy_helper.to_array(inits[n.input[1]]).astype(np.float32) for n in chosen
-    }
+    weights = _Weights(inits, source.parent)
     # The Gram matrix of each weight's input as the quantized GEMM will see it (smoothed).
     grams = {
         n.input[1]: stats[n.input[0]].gram
@@ -174,12 +177,12 @@ def quantize_int8(
         if stats is None or x not in stats:
             continue
         top, rows, _ = stats[x]
-        w_max = np.max([np.abs(weights[n.input[1]]).max(axis=1) for n in readers], axis=0)
+        w_max = np.max([weights.row_max(n.input[1]) for n in readers], axis=0)
         scale = np.maximum(top, 1e-5) ** alpha / np.maximum(w_max, 1e-5) ** (1 - alpha)
         scale = np.clip(scale, 1e-2, 1e2).astype(np.float32)
         zero_points[x] = _zero_point(rows / scale)
         for n in readers:
-            weights[n.input[1]] = weights[n.input[1]] * scale[:, None]
+            weights.scale_rows(n.input[1], scale)
             if n.input[1] in grams:
                 grams[n.input[1]] = grams[n.input[1]] / np.outer(scale, scale)
         if _fold_into_values(x, scale, graph, inits, chosen, weights, const):
@@ -222,7 +225,7 @@ def quantize_int8(
             bias_add = _bias_add(graph, out, inits)
             if bias_add is not None:  # folded into the bias the graph adds next
                 add, slot = bias_add
-                bias = numpy_helper.to_array(inits[add.input[slot]]).astype(np.float32)
+                bias = np.array(weights.raw(add.input[slot]), dtype=np.float32)
                 add.input[slot] = const(f"{p}_bias", bias - correction)
                 correction = None
         k = inits[wname].dims[0]
@@ -301,10 +304,57 @@ def quantize_int8(
             opset.version = max(opset.version, BLOCKED_QUANTIZE_OPSET)
     used = {i for node in graph.node for i in node.input}
     kept = [i for i in graph.initializer if i.name in used]
+    for tensor in kept:  # the target gets its own copy of what it keeps (the embeddings)
+        if tensor.data_location == onnx.TensorProto.EXTERNAL:
+            load_external_data_for_tensor(tensor, str(source.parent))
+            tensor.data_location = onnx.TensorProto.DEFAULT
+            del tensor.external_data[:]
     del graph.initializer[:]
     graph.initializer.extend(kept + consts)
     _save(model, target)
     return {"int8_matmuls": len(replaced), "fp32_matmuls": len(matmuls) - len(replaced)}
+
+
+class _Weights:
+    """The weight matrices of a graph, read from its file (external data or not) when asked
+    for, with the row and column scalings SmoothQuant gives them applied on the way."""
+
+    def __init__(self, inits: dict[str, Any], base: Path) -> None:
+        self.inits, self.base = inits, base
+        self.rows: dict[str, np.ndarray] = {}
+        self.columns: dict[str, np.ndarray] = {}
+
+    def raw(self, name: str) -> np.ndarray:
+        """The stored matrix (memory-mapped when it lives in external data)."""
+        from onnx import TensorProto, helper, numpy_helper
+        from onnx.external_data_helper import ExternalDataInfo
+
+        tensor = self.inits[name]
+        if tensor.data_location != TensorProto.EXTERNAL:
+            return np.asarray(numpy_helper.to_array(tensor), dtype=np.float32)
+        info = ExternalDataInfo(tensor)
+        dtype = helper.tensor_dtype_to_np_dtype(tensor.data_type)
+        return np.memmap(
+            self.base / info.location, dtype, "r", int(info.offset or 0), tuple(tensor.dims)
+        )
+
+    def __getitem__(self, name: str) -> np.ndarray:
+        w = np.array(self.raw(name), dtype=np.float32)
+        if name in self.rows:
+            w *= self.rows[name][:, None]
+        if name in self.columns:
+            w /= self.columns[name][None, :]
+        return w
+
+    def row_max(self, name: str) -> np.ndarray:
+        """max |w| of each row, after the scalings so far."""
+        return np.abs(self[name]).max(axis=1)
+
+    def scale_rows(self, name: str, scale: np.ndarray) -> None:
+        self.rows[name] = self.rows.get(name, 1.0) * scale
+
+    def divide_columns(self, name: str, scale: np.ndarray) -> None:
+        self.columns[name] = self.columns.get(name, 1.0) * scale
 
 
 def _gptq(
@@ -341,14 +391,13 @@ def _fold_into_values(
     graph: Any,
     inits: dict[str, Any],
     chosen: list[Any],
-    weights: dict[str, np.ndarray],
+    weights: _Weights,
     const: Any,
 ) -> bool:
     """Divide V's projection (weights and bias) by ``scale`` per channel when ``x`` is a
     MultiHeadAttention output whose V MatMul is quantized here: each output channel of
     attention is a weighted sum of the same channel of V, so this is SmoothQuant's division
     of ``x`` without a pass over it. Returns whether it did."""
-    from onnx import numpy_helper
 
     mha = next((n for n in graph.node if x in n.output), None)
     if mha is None or mha.op_type != "MultiHeadAttention" or len(mha.input) < 3:
@@ -356,9 +405,9 @@ def _fold_into_values(
     v_matmul = next((n for n in chosen if n.output[0] == mha.input[2]), None)
     if v_matmul is None or sum(mha.input[2] in n.input for n in graph.node) != 1:
         return False
-    weights[v_matmul.input[1]] = weights[v_matmul.input[1]] / scale[None, :]
+    weights.divide_columns(v_matmul.input[1], scale)
     if len(mha.input) > 3 and mha.input[3]:
-        bias = numpy_helper.to_array(inits[mha.input[3]]).astype(np.float32)
+        bias = np.array(weights.raw(mha.input[3]), dtype=np.float32)
         dim = len(scale)
         bias[2 * dim :] = bias[2 * dim :] / scale
         mha.input[3] = const(f"{mha.input[3]}_smoothed", bias)
@@ -514,8 +563,15 @@ def activation_stats(
     # Saved beside the source, so that its external data (if any) resolves.
     probe = source.with_name(source.stem + ".calibration.onnx")
     onnx.save(model, str(probe))
+    # Every MatMul input of a batch comes back at once (a 28-layer decoder's 112 of them are
+    # gigabytes for 16 texts): no arena that would keep the largest of them allocated. No
+    # prepacked copies of the weights either: external data is memory-mapped, and packing
+    # would add a second copy of every MatMul's weights for a few calibration runs.
+    options = ort.SessionOptions()
+    options.enable_cpu_mem_arena = False
+    options.add_session_config_entry("session.disable_prepacking", "1")
     try:
-        session = ort.InferenceSession(str(probe), providers=["CPUExecutionProvider"])
+        session = ort.InferenceSession(str(probe), options, providers=["CPUExecutionProvider"])
     finally:
         probe.unlink()
     names = list(tensors)
@@ -572,8 +628,8 @@ def calibrate(
     encoded = runtime.tokenize(calibration_texts(model_dir / manifest.tokenizer_file))
     rows = np.arange(len(encoded.lengths()))
     feeds = [
-        runner.feeds(runner.pad(encoded, rows[start : start + 16]))
-        for start in range(0, len(rows), 16)
+        runner.feeds(runner.pad(encoded, rows[start : start + CALIBRATION_BATCH]))
+        for start in range(0, len(rows), CALIBRATION_BATCH)
     ]
     assert manifest.graph_file is not None
     return activation_stats(model_dir / manifest.graph_file, tensors, feeds)
@@ -586,3 +642,44 @@ def matmul_inputs(source: Path) -> list[str]:
     model = onnx.load(str(source), load_external_data=False)
     inits = {i.name: i for i in model.graph.initializer}
     return sorted({n.input[0] for n in _weight_matmuls(model.graph, inits)})
+
+
+def variants_in_fresh_process(
+    model_dir: Path, precisions: Collection[str], command: str
+) -> Manifest:
+    """``add_variants`` on ``model_dir`` (its saved manifest) in a new Python process, so
+    that what the export held before (PyTorch, the FP32 graph's parity session) is not
+    resident beside calibration and quantization; returns the manifest it saved."""
+    import subprocess
+    import sys
+
+    args = [sys.executable, "-m", "slimembed_export.quantize", str(model_dir), *precisions]
+    done = subprocess.run([*args, "--command", command], capture_output=True, text=True)
+    if done.returncode != 0:
+        lines = [line for line in done.stderr.splitlines() if line.strip()]
+        last = lines[-1] if lines else f"quantization exited with {done.returncode}"
+        raise ExportError(last.removeprefix("ExportError: "))
+    return Manifest.load(model_dir)
+
+
+def main(argv: Sequence[str] | None = None) -> None:
+    """``python -m slimembed_export.quantize MODEL_DIR PRECISION... --command CMD``."""
+    import argparse
+    import sys
+
+    parser = argparse.ArgumentParser(description=variants_in_fresh_process.__doc__)
+    parser.add_argument("model_dir", type=Path)
+    parser.add_argument("precisions", nargs="+")
+    parser.add_argument("--command", default="")
+    args = parser.parse_args(argv)
+    try:
+        manifest = add_variants(
+            args.model_dir, Manifest.load(args.model_dir), args.precisions, args.command
+        )
+    except ExportError as err:
+        sys.exit(f"ExportError: {err}")
+    manifest.save(args.model_dir)
+
+
+if __name__ == "__main__":
+    main()
