@@ -211,35 +211,16 @@ def _export_transformer(
     )
     manifest = manifest.with_changes(parity=figures)
     if set(precisions) - {"fp32"}:
-        import gc
-
-        from slimembed_export.quantize import variants_in_fresh_process
+        from slimembed_export.quantize import release_freed_memory, variants_in_fresh_process
 
         # The PyTorch weights are not needed past the parity check, and quantizing a large
         # model holds the FP32 graph's session and its calibration statistics: that runs in
         # a fresh process, beside nothing the export held.
         del model
-        gc.collect()  # transformers' modules hold reference cycles
-        _release_freed_memory()
+        release_freed_memory()  # transformers' modules hold reference cycles
         manifest.save(staging)
         manifest = variants_in_fresh_process(staging, precisions, _command(source, opts))
     return manifest
-
-
-def _release_freed_memory() -> None:
-    """Give memory already freed back to the system (glibc keeps freed heap for reuse: after
-    the PyTorch model and the parity session, gigabytes of it), so this process does not sit
-    on it while quantization runs beside it. A no-op where there is no glibc."""
-    import ctypes
-    import ctypes.util
-
-    name = ctypes.util.find_library("c")
-    try:
-        libc = ctypes.CDLL(name) if name else None
-        if libc is not None and hasattr(libc, "malloc_trim"):
-            libc.malloc_trim(0)
-    except OSError:
-        pass
 
 
 def _precisions(precision: Sequence[str] | str) -> tuple[str, ...]:

@@ -516,7 +516,10 @@ def add_variants(
         target = model_dir / PRECISION_FILES[precision]
         if precision == "int8":
             ranges = calibrate(model_dir, manifest, matmul_inputs(source))
+            release_freed_memory()  # the calibration session's
             recipe = quantize_int8(source, target, keep_fp32, ranges, SMOOTH_ALPHA, GPTQ_DAMP)
+            del ranges  # a Gram matrix per MatMul input: not needed by the fidelity check
+            release_freed_memory()
             recipe["recipe"] = (
                 "per-token uint8 activations (fixed zero point per input; GELU outputs shifted), "
                 f"per-column int8 weights rounded by GPTQ (damp {GPTQ_DAMP}), SmoothQuant alpha "
@@ -591,7 +594,8 @@ def activation_stats(
             top[name] = np.maximum(top[name], found) if name in top else found
             product = rows.T @ rows
             gram[name] = gram[name] + product if name in gram else product
-            sample[name].append(rows[:: max(1, len(rows) // 16)])
+            # A copy: a strided view would keep the run's whole output alive.
+            sample[name].append(rows[:: max(1, len(rows) // 16)].copy())
     return {
         name: Calibration(top[name], np.concatenate(sample[name]), gram[name] / max(tokens, 1))
         for name in names
@@ -642,6 +646,24 @@ def matmul_inputs(source: Path) -> list[str]:
     model = onnx.load(str(source), load_external_data=False)
     inits = {i.name: i for i in model.graph.initializer}
     return sorted({n.input[0] for n in _weight_matmuls(model.graph, inits)})
+
+
+def release_freed_memory() -> None:
+    """Collect garbage and give freed memory back to the system (glibc keeps freed heap for
+    reuse: after a PyTorch model, a session or calibration statistics, gigabytes of it), so
+    the next step does not start on top of it. A no-op where there is no glibc."""
+    import ctypes
+    import ctypes.util
+    import gc
+
+    gc.collect()
+    name = ctypes.util.find_library("c")
+    try:
+        libc = ctypes.CDLL(name) if name else None
+        if libc is not None and hasattr(libc, "malloc_trim"):
+            libc.malloc_trim(0)
+    except OSError:
+        pass
 
 
 def variants_in_fresh_process(
