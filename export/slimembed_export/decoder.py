@@ -81,6 +81,11 @@ def unsupported_reason(model: Any, max_length: int) -> str | None:
         return f"sliding-window attention ({window}) below the max length {max_length}"
     if getattr(config, "mlp_bias", False):
         return "MLP biases"
+    # Dynamic NTK scaling changes the frequencies with the sequence length: one cos/sin table
+    # cannot hold it.
+    for rope in (getattr(config, "rope_scaling", None), getattr(config, "rope_parameters", None)):
+        if isinstance(rope, dict) and "dynamic" in (rope.get("rope_type"), rope.get("type")):
+            return "dynamic rotary scaling"
     attn = model.layers[0].self_attn
     expected = attn.head_dim**-0.5
     if abs(float(getattr(attn, "scaling", expected)) - expected) > 1e-9:

@@ -596,9 +596,10 @@ def activation_stats(
             gram[name] = gram[name] + product if name in gram else product
             # A copy: a strided view would keep the run's whole output alive.
             sample[name].append(rows[:: max(1, len(rows) // 16)].copy())
+    for name in names:  # in place: a divided copy of every Gram matrix would double them
+        gram[name] /= max(tokens, 1)
     return {
-        name: Calibration(top[name], np.concatenate(sample[name]), gram[name] / max(tokens, 1))
-        for name in names
+        name: Calibration(top[name], np.concatenate(sample[name]), gram[name]) for name in names
     }
 
 
