@@ -115,6 +115,42 @@ def matmul_nbits(model_dir: Path, out: Path, bits: int = 8, block_size: int = 12
     return out
 
 
+def int8_variant(model_dir: Path, out: Path, weight_bits: int) -> Path:
+    """A model directory beside ``model_dir`` (a copy of its FP32 graph) whose INT8 variant
+    is the export's recipe with ``weight_bits``-bit weights (7: x86's u8 x s8 GEMM without
+    VNNI cannot saturate on them)."""
+    from slimembed import Manifest
+    from slimembed.manifest import GraphVariant
+    from slimembed_export import quantize
+
+    manifest = Manifest.load(model_dir)
+    assert manifest.graph_file is not None
+    out.mkdir(parents=True, exist_ok=True)
+    for name in (manifest.graph_file, f"{manifest.graph_file}.data", manifest.tokenizer_file):
+        if (model_dir / name).is_file() and not (out / name).exists():
+            shutil.copy(model_dir / name, out / name)
+    manifest = manifest.with_changes(variants={})
+    manifest.save(out)
+    source = out / manifest.graph_file
+    stats = quantize.calibrate(out, manifest, quantize.matmul_inputs(source))
+    target = out / quantize.PRECISION_FILES["int8"]
+    recipe = quantize.quantize_int8(
+        source,
+        target,
+        stats=stats,
+        alpha=quantize.SMOOTH_ALPHA,
+        gptq_damp=quantize.GPTQ_DAMP,
+        weight_bits=weight_bits,
+    )
+    recipe["recipe"] = f"the export's INT8 recipe with {weight_bits}-bit weights"
+    manifest = manifest.with_changes(variants={"int8": GraphVariant(target.name, recipe)})
+    manifest.save(out)
+    figures = quantize.measure_fidelity(out, manifest, "int8")  # the 64 probe texts
+    variant = GraphVariant(target.name, {**figures, **recipe})
+    manifest.with_changes(variants={"int8": variant}).save(out)
+    return out
+
+
 def texts(short: int, long: int) -> dict[str, list[str]]:
     sets = {"short": sts("en-test").sentences1[:short], "long": scifact("test").docs[:long]}
     return {name: t for name, t in sets.items() if t}
@@ -123,9 +159,15 @@ def texts(short: int, long: int) -> dict[str, list[str]]:
 Encoder = Callable[[list[str]], np.ndarray]
 
 
+# slimembed's pooling names -> sentence-transformers' Pooling modes.
+ST_POOLING = {"last_token": "lasttoken", "weighted_mean": "weightedmean", "mean": "mean"}
+
+
 def load(spec: str) -> Encoder:
-    """``slimembed:DIR[:GRAPH]`` or ``torch:SRC`` (sentence-transformers, last-token pooling,
-    left padding, normalized, as the qwen3-embedding family embeds) -> an encoder."""
+    """``slimembed:DIR[:GRAPH]``, ``slimembed-u8s8:DIR[:GRAPH]`` (ONNX Runtime's default
+    integer GEMM on every CPU) or ``torch:SRC[@EXPORTED_DIR]`` (sentence-transformers with the
+    exported directory's pooling, padding side and normalization; without one, last-token
+    pooling, left padding, normalized, as the qwen3-embedding family embeds) -> an encoder."""
     kind, _, rest = spec.partition(":")
     if kind == "torch":
         import torch
@@ -135,12 +177,18 @@ def load(spec: str) -> Encoder:
 
         torch.set_num_threads(THREADS)
         src, _, exported = rest.partition("@")
-        max_length = Manifest.load(exported).max_length if exported else 512
+        # The exported directory's recipe (pooling, padding side, normalization), else
+        # qwen3-embedding's.
+        manifest = Manifest.load(exported) if exported else None
+        max_length = manifest.max_length if manifest and manifest.max_length else 512
+        side = manifest.padding_side if manifest else "left"
+        mode = ST_POOLING[manifest.pooling] if manifest else "lasttoken"
         body = models.Transformer(
-            src, max_seq_length=max_length, tokenizer_args={"padding_side": "left"}
+            src, max_seq_length=max_length, tokenizer_args={"padding_side": side}
         )
-        pool = models.Pooling(body.get_word_embedding_dimension(), pooling_mode="lasttoken")
-        st = SentenceTransformer(modules=[body, pool, models.Normalize()], device="cpu")
+        pool = models.Pooling(body.get_word_embedding_dimension(), pooling_mode=mode)
+        normalize = [models.Normalize()] if manifest is None or manifest.normalize else []
+        st = SentenceTransformer(modules=[body, pool, *normalize], device="cpu")
 
         def st_encode(ts: list[str]) -> np.ndarray:
             return np.asarray(
@@ -151,7 +199,15 @@ def load(spec: str) -> Encoder:
     from slimembed import TextEmbedding
 
     directory, _, graph = rest.partition(":")
-    model = TextEmbedding(directory, threads=THREADS, precision=graph or None)
+    if kind == "slimembed-u8s8":
+        # ONNX Runtime's default integer GEMM, as other libraries run it: on x86 without
+        # VNNI the u8 x s8 one whose int16 pair sums saturate on 8-bit weights.
+        from benchmarks.quantization import default_int8_gemm
+
+        with default_int8_gemm():
+            model = TextEmbedding(directory, threads=THREADS, precision=graph or None)
+    else:
+        model = TextEmbedding(directory, threads=THREADS, precision=graph or None)
     return lambda ts: model.encode(ts, batch_size=BATCH)
 
 
@@ -236,6 +292,10 @@ def main(argv: list[str] | None = None) -> None:
     nbits.add_argument("out", type=Path)
     nbits.add_argument("--bits", type=int, default=8)
     nbits.add_argument("--block-size", type=int, default=128)
+    int8 = sub.add_parser("int8", help="the export's INT8 recipe with other weight bits")
+    int8.add_argument("model_dir", type=Path)
+    int8.add_argument("out", type=Path)
+    int8.add_argument("--weight-bits", type=int, choices=(7, 8), default=7)
     fid = sub.add_parser("fidelity", help="cosines to the first engine on shared/data texts")
     fid.add_argument("--engine", action="append", required=True, metavar="NAME=SPEC")
     fid.add_argument("--texts", type=int, default=1000)
@@ -245,8 +305,8 @@ def main(argv: list[str] | None = None) -> None:
         action="append",
         required=True,
         metavar="NAME=SPEC",
-        help="slimembed:DIR[:PRECISION] or torch:SRC[@EXPORTED_DIR] (repeat; the first is the "
-        "reference for cosines)",
+        help="slimembed:DIR[:PRECISION], slimembed-u8s8:DIR[:PRECISION] or "
+        "torch:SRC[@EXPORTED_DIR] (repeat; the first is the reference for cosines)",
     )
     run.add_argument("--short", type=int, default=64)
     run.add_argument("--long", type=int, default=16)
@@ -259,6 +319,9 @@ def main(argv: list[str] | None = None) -> None:
         return
     if args.command == "nbits":
         print(matmul_nbits(args.model_dir, args.out, args.bits, args.block_size))
+        return
+    if args.command == "int8":
+        print(int8_variant(args.model_dir, args.out, args.weight_bits))
         return
     engines = dict(e.split("=", 1) for e in args.engine)
     if args.command == "fidelity":

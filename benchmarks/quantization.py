@@ -71,13 +71,13 @@ def _engines(model_dir: Path, baseline: Path | None) -> dict[str, TextEmbedding]
     if baseline is not None:
         # As fastembed and sentence-transformers run it: ONNX Runtime's default integer GEMM,
         # which on x86 without VNNI is the saturating u8 x s8 one (slimembed.session).
-        with _default_int8_gemm():
+        with default_int8_gemm():
             engines["ort-dynamic"] = TextEmbedding(baseline, threads=THREADS)
     return engines
 
 
 @contextmanager
-def _default_int8_gemm() -> Iterator[None]:
+def default_int8_gemm() -> Iterator[None]:
     """Sessions made inside keep ONNX Runtime's default integer GEMM on every CPU."""
     saturates = session._core.int8_gemm_saturates
     session._core.int8_gemm_saturates = lambda: False  # type: ignore[method-assign]

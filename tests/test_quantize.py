@@ -125,6 +125,11 @@ def test_manifest_figures_and_info(minilm_quantized: Path) -> None:
     assert out.exit_code == 0, out.output
     assert "cosine_to_fp32_mean" in out.output
     assert "model.int8.onnx" in out.output
+    # Which recipe and which integer kernel run here: the exact u8 x u8 one exactly where the
+    # default u8 x s8 one would saturate (x86 without VNNI).
+    assert "on CPU runs int8 by default; recipe: per-token uint8 activations" in out.output
+    kernel = "uint8 x uint8, exact" if session._core.int8_gemm_saturates() else "uint8 x int8"
+    assert f"int8 kernel on this CPU: {kernel}" in out.output
 
 
 def test_runtime_picks_the_file_per_provider(minilm_quantized: Path, minilm_dir: Path) -> None:
@@ -204,17 +209,19 @@ def test_calibration_texts_come_from_the_vocabulary(minilm_dir: Path) -> None:
     assert all(word.isalpha() for text in texts for word in text.split())
 
 
-def test_gptq_rounding_moves_the_product_less_than_rounding_to_nearest() -> None:
+@pytest.mark.parametrize("qmax", [127, 63])
+def test_gptq_rounding_moves_the_product_less_than_rounding_to_nearest(qmax: int) -> None:
     rng = np.random.default_rng(0)
     # Inputs with correlated channels, as hidden states have; GPTQ is judged on the product.
     mix = rng.normal(size=(64, 64))
     x = rng.normal(size=(2000, 64)) @ mix
     w = rng.normal(size=(64, 48)).astype(np.float32)
-    scale = np.abs(w).max(axis=0) / 127
-    nearest = np.clip(np.rint(w / scale), -127, 127)
-    gptq = _gptq(w, x.T @ x / len(x), scale, damp=0.01)
+    scale = np.abs(w).max(axis=0) / qmax
+    nearest = np.clip(np.rint(w / scale), -qmax, qmax)
+    gptq = _gptq(w, x.T @ x / len(x), scale, damp=0.01, qmax=qmax)
     assert gptq.dtype == np.int8
-    assert np.abs(gptq.astype(np.int64)).max() <= 127
+    # 7-bit weights (qmax 63) must stay where x86's u8 x s8 GEMM cannot saturate.
+    assert np.abs(gptq.astype(np.int64)).max() <= qmax
 
     def error(q: np.ndarray) -> float:
         return float(np.linalg.norm(x @ (q * scale - w)))

@@ -54,8 +54,8 @@ from typing import Any
 import numpy as np
 
 from slimembed_export.errors import ExportError
+from slimembed_export.onnx_file import OPSET
 
-OPSET = 20
 MS = "com.microsoft"
 # The architectures this builder writes (transformers' base model classes, by name).
 SUPPORTED = ("LlamaModel", "MistralModel", "Qwen2Model", "Qwen3Model")

@@ -20,10 +20,7 @@ from typing import Any
 import torch
 
 from slimembed_export.errors import ExportError
-
-# A graph over this many bytes of weights is written with external data (protobuf's 2 GB cap).
-EXTERNAL_DATA_BYTES = 1_800_000_000
-OPSET = 20
+from slimembed_export.onnx_file import EXTERNAL_DATA_BYTES, OPSET
 
 
 class HiddenStates(torch.nn.Module):

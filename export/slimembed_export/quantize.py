@@ -41,10 +41,9 @@ from slimembed import TextEmbedding
 from slimembed.backends import TransformerBackend
 from slimembed.manifest import GraphVariant, Manifest
 from slimembed_export.errors import ExportError
+from slimembed_export.onnx_file import EXTERNAL_DATA_BYTES
 from slimembed_export.verify import PROBE_TEXTS, cosines
 
-# Graphs whose tensors exceed this many bytes are saved with external data (protobuf's 2 GB cap).
-EXTERNAL_DATA_BYTES = 1_800_000_000
 PRECISION_FILES = {"int8": "model.int8.onnx", "fp16": "model.fp16.onnx"}
 # A quantized graph whose vectors move with the batch they are in is broken, not imprecise
 # (per-batch scales give 0.97 on MiniLM). Per-token INT8 is bit-identical on encoders, but on a
@@ -117,6 +116,7 @@ def quantize_int8(
     stats: dict[str, Calibration] | None = None,
     alpha: float = 0.5,
     gptq_damp: float | None = None,
+    weight_bits: int = 8,
 ) -> dict[str, Any]:
     """Write ``target``: ``source`` with its weight MatMuls in INT8 (per-token activations,
     per-column weights), except the nodes named in ``keep_fp32``. Returns what was done.
@@ -125,6 +125,9 @@ def quantize_int8(
     turns on SmoothQuant: the input is divided by ``s = max|x|^alpha / max|W|^(1 - alpha)`` per
     channel (one Mul, shared by the MatMuls reading it) and the weights' rows multiplied by
     ``s``; and sets each input's fixed zero point from its typical row range (128 without).
+    With ``gptq_damp`` its Gram matrices are divided by ``s`` in place: ``stats`` is spent.
+    ``weight_bits`` 7 keeps every weight within +-63, where x86's u8 x s8 GEMM without VNNI
+    cannot saturate its int16 pair sums (255 * 63 * 2 < 32767).
     """
     import onnx
     from onnx import helper, numpy_helper
@@ -149,6 +152,9 @@ def quantize_int8(
     one = const("q8_one", _f32(1.0))
     eps = const("q8_eps", np.array(1e-12, dtype=np.float32))
 
+    if weight_bits not in (7, 8):
+        raise ExportError(f"INT8 weights are 7 or 8 bits, not {weight_bits}")
+    qmax = float(2 ** (weight_bits - 1) - 1)
     chosen = [n for n in matmuls if n.name not in keep_fp32]
     smoothed: dict[str, str] = {}
     smooth_nodes: dict[str, Any] = {}
@@ -183,8 +189,12 @@ def quantize_int8(
         zero_points[x] = _zero_point(rows / scale)
         for n in readers:
             weights.scale_rows(n.input[1], scale)
-            if n.input[1] in grams:
-                grams[n.input[1]] = grams[n.input[1]] / np.outer(scale, scale)
+        if any(n.input[1] in grams for n in readers):
+            # The input's Gram matrix, shared by its readers, as the smoothed input's: divided
+            # once, in place (a divided copy of each would briefly double the largest).
+            gram = stats[x].gram
+            gram /= scale[:, None]
+            gram /= scale[None, :]
         if _fold_into_values(x, scale, graph, inits, chosen, weights, const):
             continue  # the division happened in V's projection already
         smoothed[x] = f"{x}_smoothed"
@@ -205,12 +215,12 @@ def quantize_int8(
         p = f"q8_{node.name}"
         if wname not in done_weights:
             w = weights[wname]
-            wscale = np.maximum(np.abs(w).max(axis=0), 1e-12) / 127.0
+            wscale = np.maximum(np.abs(w).max(axis=0), 1e-12) / qmax
             if wname in grams:
                 assert gptq_damp is not None
-                wq = _gptq(w, grams[wname], wscale, gptq_damp)
+                wq = _gptq(w, grams[wname], wscale, gptq_damp, qmax)
             else:
-                wq = np.clip(np.rint(w / wscale), -127, 127).astype(np.int8)
+                wq = np.clip(np.rint(w / wscale), -qmax, qmax).astype(np.int8)
             done_weights[wname] = (
                 const(f"{wname}_q8", wq),
                 const(f"{wname}_q8scale", wscale.astype(np.float32)),
@@ -358,13 +368,19 @@ class _Weights:
 
 
 def _gptq(
-    w: np.ndarray, gram: np.ndarray, wscale: np.ndarray, damp: float, block: int = 128
+    w: np.ndarray,
+    gram: np.ndarray,
+    wscale: np.ndarray,
+    damp: float,
+    qmax: float = 127.0,
+    block: int = 128,
 ) -> np.ndarray:
-    """int8 ``w`` (k, n) on the column scales ``wscale``, rounded row by row with GPTQ's error
-    feedback (Frantar et al. 2022): each row's rounding error is pushed onto the rows not yet
-    rounded, weighted by the input's Gram matrix, so that ``x @ w`` moves least on inputs like
-    the calibration ones. ``damp`` (a share of the mean diagonal added to it) pulls the result
-    towards round-to-nearest, which generalises better to short texts than the calibration."""
+    """int8 ``w`` (k, n) within +-``qmax`` on the column scales ``wscale``, rounded row by row
+    with GPTQ's error feedback (Frantar et al. 2022): each row's rounding error is pushed onto
+    the rows not yet rounded, weighted by the input's Gram matrix, so that ``x @ w`` moves
+    least on inputs like the calibration ones. ``damp`` (a share of the mean diagonal added to
+    it) pulls the result towards round-to-nearest, which generalises better to short texts
+    than the calibration."""
     k = w.shape[0]
     work = w.astype(np.float64)
     h = gram.astype(np.float64)
@@ -377,7 +393,7 @@ def _gptq(
         b1 = min(b0 + block, k)
         errors = np.zeros((b1 - b0, w.shape[1]))
         for i in range(b0, b1):
-            q[i] = np.clip(np.rint(work[i] / wscale), -127, 127)
+            q[i] = np.clip(np.rint(work[i] / wscale), -qmax, qmax)
             error = (work[i] - q[i] * wscale) / upper[i, i]
             work[i + 1 : b1] -= np.outer(upper[i, i + 1 : b1], error)
             errors[i - b0] = error

@@ -519,7 +519,7 @@ def info(model: str, model_file: str | None, precision: str | None) -> None:
     """Print the manifest slimembed runs MODEL with: pooling, prompts, limits, source and
     parity figures. MODEL is anything TextEmbedding takes; for a repository without a
     slimembed manifest, also which graph runs and which other graphs it holds."""
-    from slimembed import repos
+    from slimembed import repos, session
 
     try:
         model_dir, manifest = hub.open_model(
@@ -528,6 +528,12 @@ def info(model: str, model_file: str | None, precision: str | None) -> None:
     except (SlimembedError, ValueError) as err:
         raise click.ClickException(str(err)) from err
     click.echo(json.dumps(manifest.to_dict(), indent=2, ensure_ascii=False))
+    default, _ = session.choose_precision(manifest)
+    if default == "int8":
+        variant = manifest.variants.get("int8")
+        recipe = variant.fidelity.get("recipe") if variant is not None else None
+        click.echo(f"on CPU runs int8 by default; recipe: {recipe or 'not recorded'}")
+        click.echo(f"int8 kernel on this CPU: {session.int8_kernel()}")
     if manifest.source.get("adopted_by") and manifest.graph_file is not None:
         why = (
             f"model_file={model_file!r}"

@@ -49,6 +49,18 @@ _CPU_DISABLED_OPTIMIZERS = ["SkipLayerNormFusion"]
 _EXACT_INT8_GEMM = ("session.x64quantprecision", "1")
 
 
+def int8_kernel() -> str:
+    """In words, the integer GEMM an INT8 graph's MatMulIntegerToFloat runs on in this CPU's
+    sessions (``slimembed info`` prints it)."""
+    if _core.int8_gemm_saturates():
+        return (
+            "uint8 x uint8, exact (session.x64quantprecision: the int8 weights are converted "
+            "when the session is made); this x86 CPU has no AVX-512 VNNI or AVX-VNNI, where "
+            "ONNX Runtime's uint8 x int8 GEMM saturates its int16 pair sums"
+        )
+    return "uint8 x int8, ONNX Runtime's default (int32 sums, exact on this CPU)"
+
+
 def provider_name(provider: Provider) -> str:
     """The name of a provider given as a name or as ``(name, options)``; TypeError otherwise."""
     if isinstance(provider, str):
