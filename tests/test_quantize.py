@@ -20,6 +20,7 @@ from slimembed.session import choose_precision, create_session
 from slimembed_export import ExportOptions, export_model
 from slimembed_export.errors import ExportError
 from slimembed_export.quantize import (
+    SMOOTH_ALPHAS,
     _gptq,
     add_variants,
     calibration_texts,
@@ -121,6 +122,10 @@ def test_manifest_figures_and_info(minilm_quantized: Path) -> None:
         assert figures["command"] == "test"
         assert figures["finite"], precision
     assert manifest.variants["int8"].fidelity["int8_matmuls"] == 36  # 6 layers x 6
+    # SmoothQuant's strength was searched per input, and the manifest says within what.
+    searched = manifest.variants["int8"].fidelity["smooth_alpha"]
+    assert min(SMOOTH_ALPHAS) <= searched["min"] <= searched["median"] <= searched["max"]
+    assert searched["max"] <= max(SMOOTH_ALPHAS)
     out = CliRunner().invoke(main, ["info", str(minilm_quantized)])
     assert out.exit_code == 0, out.output
     assert "cosine_to_fp32_mean" in out.output
