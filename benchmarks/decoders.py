@@ -20,6 +20,7 @@ process that loads it and embeds the texts once. Vectors are compared to the fir
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import shutil
 import subprocess
@@ -147,7 +148,6 @@ def int8_variant(model_dir: Path, out: Path, weight_bits: int) -> Path:
     is the export's recipe with ``weight_bits``-bit weights (7: x86's u8 x s8 GEMM without
     VNNI cannot saturate on them)."""
     from slimembed import Manifest
-    from slimembed.manifest import GraphVariant
     from slimembed_export import quantize
 
     manifest = Manifest.load(model_dir)
@@ -157,23 +157,9 @@ def int8_variant(model_dir: Path, out: Path, weight_bits: int) -> Path:
         if (model_dir / name).is_file() and not (out / name).exists():
             shutil.copy(model_dir / name, out / name)
     manifest = manifest.with_changes(variants={})
-    manifest.save(out)
-    source = out / manifest.graph_file
-    stats = quantize.calibrate(out, manifest, quantize.matmul_inputs(source))
-    target = out / quantize.PRECISION_FILES["int8"]
-    recipe = quantize.quantize_int8(
-        source,
-        target,
-        stats=stats,
-        gptq_damp=quantize.GPTQ_DAMP,
-        weight_bits=weight_bits,
-    )
-    recipe["recipe"] = f"the export's INT8 recipe with {weight_bits}-bit weights"
-    manifest = manifest.with_changes(variants={"int8": GraphVariant(target.name, recipe)})
-    manifest.save(out)
-    figures = quantize.measure_fidelity(out, manifest, "int8")  # the 64 probe texts
-    variant = GraphVariant(target.name, {**figures, **recipe})
-    manifest.with_changes(variants={"int8": variant}).save(out)
+    manifest.save(out)  # calibration loads the directory's own
+    command = f"python -m benchmarks.decoders int8 {model_dir} {out} --weight-bits {weight_bits}"
+    quantize.add_variants(out, manifest, ["int8"], command, weight_bits=weight_bits).save(out)
     return out
 
 
@@ -222,17 +208,14 @@ def load(spec: str) -> Encoder:
             )
 
         return st_encode
+    from benchmarks.quantization import default_int8_gemm
     from slimembed import TextEmbedding
 
     directory, _, graph = rest.partition(":")
-    if kind == "slimembed-u8s8":
-        # ONNX Runtime's default integer GEMM, as other libraries run it: on x86 without
-        # VNNI the u8 x s8 one whose int16 pair sums saturate on 8-bit weights.
-        from benchmarks.quantization import default_int8_gemm
-
-        with default_int8_gemm():
-            model = TextEmbedding(directory, threads=THREADS, precision=graph or None)
-    else:
+    # slimembed-u8s8: ONNX Runtime's default integer GEMM, as other libraries run it (on x86
+    # without VNNI the u8 x s8 one whose int16 pair sums saturate on 8-bit weights).
+    gemm = default_int8_gemm() if kind == "slimembed-u8s8" else contextlib.nullcontext()
+    with gemm:
         model = TextEmbedding(directory, threads=THREADS, precision=graph or None)
     return lambda ts: model.encode(ts, batch_size=BATCH)
 

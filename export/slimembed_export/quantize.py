@@ -191,9 +191,10 @@ def quantize_int8(
             continue
         top, rows, _ = stats[x]
         read = np.concatenate([weights[n.input[1]] for n in readers], axis=1)
-        strength = _smooth_alpha(rows, top, read) if alpha is None else alpha
+        w_max = np.abs(read).max(axis=1)
+        strength = _smooth_alpha(rows, top, read, w_max) if alpha is None else alpha
         alphas[x] = strength
-        scale = _smooth_scale(top, np.abs(read).max(axis=1), strength)
+        scale = _smooth_scale(top, w_max, strength)
         del read
         zero_points[x] = _zero_point(rows / scale)
         for n in readers:
@@ -350,16 +351,17 @@ def _smooth_scale(top: np.ndarray, w_max: np.ndarray, alpha: float) -> np.ndarra
     return np.clip(scale, 1e-2, 1e2).astype(np.float32)
 
 
-def _smooth_alpha(rows: np.ndarray, top: np.ndarray, w: np.ndarray) -> float:
+def _smooth_alpha(rows: np.ndarray, top: np.ndarray, w: np.ndarray, w_max: np.ndarray) -> float:
     """The SmoothQuant strength, of SMOOTH_ALPHAS, under which the INT8 product of the
-    calibration ``rows`` with ``w`` (every reader's weights side by side) moves least from the
+    calibration ``rows`` with ``w`` (every reader's weights side by side; ``w_max`` its max |w|
+    per row) moves least from the
     float product: activations quantized per row around their fixed zero point, weights per
     column to nearest, as the graph does (AWQ searches its scales this way)."""
     x = rows.astype(np.float32)
     exact = x @ w
     errors = []
     for alpha in SMOOTH_ALPHAS:
-        scale = _smooth_scale(top, np.abs(w).max(axis=1), alpha)
+        scale = _smooth_scale(top, w_max, alpha)
         xs = x / scale
         z = _zero_point(xs)
         hi, lo = xs.max(axis=1, keepdims=True), xs.min(axis=1, keepdims=True)
@@ -562,6 +564,7 @@ def add_variants(
     precisions: Collection[str],
     command: str,
     keep_fp32: Collection[str] = (),
+    weight_bits: int = 8,
 ) -> Manifest:
     """Write the INT8 and/or FP16 graphs of the FP32 graph in ``model_dir``, measure each
     against it, and return the manifest listing them with their figures.
@@ -580,12 +583,13 @@ def add_variants(
         if precision == "int8":
             ranges = calibrate(model_dir, manifest, matmul_inputs(source))
             release_freed_memory()  # the calibration session's
-            recipe = quantize_int8(source, target, keep_fp32, ranges, None, GPTQ_DAMP)
+            recipe = quantize_int8(source, target, keep_fp32, ranges, None, GPTQ_DAMP, weight_bits)
             del ranges  # a Gram matrix per MatMul input: not needed by the fidelity check
             release_freed_memory()
             recipe["recipe"] = (
                 "per-token uint8 activations (fixed zero point per input; GELU outputs shifted), "
-                f"per-column int8 weights rounded by GPTQ (damp {GPTQ_DAMP}), SmoothQuant "
+                f"per-column int8 weights{' within +-63' if weight_bits == 7 else ''} rounded "
+                f"by GPTQ (damp {GPTQ_DAMP}), SmoothQuant "
                 f"strength searched per input among {SMOOTH_ALPHAS}; calibrated on "
                 f"{CALIBRATION_TEXTS} pseudo-sentences of the tokenizer's vocabulary"
             )
