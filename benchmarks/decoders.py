@@ -148,7 +148,7 @@ def int8_variant(model_dir: Path, out: Path, weight_bits: int) -> Path:
     is the export's recipe with ``weight_bits``-bit weights (7: x86's u8 x s8 GEMM without
     VNNI cannot saturate on them)."""
     from slimembed import Manifest
-    from slimembed_export import quantize
+    from slimembed.optimize import quantize
 
     manifest = Manifest.load(model_dir)
     assert manifest.graph_file is not None
@@ -240,7 +240,7 @@ def _peak_rss(spec: str, short: int, long: int) -> float:
 def speed(
     engines: dict[str, str], short: int, long: int, reps: int, memory: bool
 ) -> dict[str, Any]:
-    from slimembed_export.verify import cosines
+    from slimembed.optimize.fidelity import cosines
 
     loaded = {name: load(spec) for name, spec in engines.items()}
     first = next(iter(loaded))
@@ -278,7 +278,7 @@ def fidelity(engines: dict[str, str], count: int) -> dict[str, Any]:
     import random
 
     from benchmarks.datasets import all_texts
-    from slimembed_export.verify import cosines
+    from slimembed.optimize.fidelity import cosines
 
     sample = random.Random(0).sample(list(all_texts()), count)
     vectors = {name: load(spec)(sample) for name, spec in engines.items()}

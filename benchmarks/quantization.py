@@ -30,7 +30,7 @@ from benchmarks.quality import scifact_ndcg
 from benchmarks.timing import interleaved, machine, ratio, summary, versions
 from slimembed import Manifest, TextEmbedding, session
 from slimembed._core import int8_gemm_saturates
-from slimembed_export.verify import cosines
+from slimembed.optimize.fidelity import cosines
 
 THREADS = 2
 BATCH = 64
@@ -198,7 +198,7 @@ def main(argv: list[str] | None = None) -> None:
             print(f"timing {corpus} ({len(texts)} texts)...", file=sys.stderr, flush=True)
             report["speed"][corpus] = speed(engines, texts, args.reps)
     if args.fidelity != "none":
-        from slimembed_export.quantize import FIDELITY_TEXTS
+        from slimembed.optimize.quantize import FIDELITY_TEXTS
 
         texts = list(all_texts()) if args.fidelity == "all" else list(FIDELITY_TEXTS)
         print(f"fidelity on {len(texts)} texts...", file=sys.stderr, flush=True)

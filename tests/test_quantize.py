@@ -15,18 +15,19 @@ from click.testing import CliRunner
 from benchmarks.datasets import scifact, sts
 from slimembed import Manifest, ManifestError, TextEmbedding, session
 from slimembed.cli import main
+from slimembed.errors import QuantizeError
 from slimembed.manifest import GraphVariant
-from slimembed.session import choose_precision, create_session
-from slimembed_export import ExportOptions, export_model
-from slimembed_export.errors import ExportError
-from slimembed_export.quantize import (
+from slimembed.optimize.fidelity import cosines
+from slimembed.optimize.quantize import (
     SMOOTH_ALPHAS,
     _gptq,
     add_variants,
     calibration_texts,
     variants_in_fresh_process,
 )
-from slimembed_export.verify import cosines
+from slimembed.session import choose_precision, create_session
+from slimembed_export import ExportOptions, export_model
+from slimembed_export.errors import ExportError
 
 
 def _held_out_texts() -> list[str]:
@@ -195,7 +196,7 @@ def test_quantizing_in_a_fresh_process_reports_its_error(tmp_path: Path) -> None
     from slimembed.text_embedding import DEFAULT_MODEL_DIR
 
     static = shutil.copytree(DEFAULT_MODEL_DIR, tmp_path / "static")
-    with pytest.raises(ExportError, match=r"^quantized graphs are made from an fp32 graph$"):
+    with pytest.raises(QuantizeError, match=r"^quantized graphs are made from an fp32 graph$"):
         variants_in_fresh_process(static, ("int8",), "test")
 
 

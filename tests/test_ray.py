@@ -54,7 +54,7 @@ def corpus() -> tuple[list[str], list[str]]:
 @pytest.fixture(scope="module")
 def int8_bert(exported: Callable[[str], Path], tmp_path_factory: pytest.TempPathFactory) -> Path:
     """The tiny BERT with its INT8 graph (the one ``precision="int8"`` runs)."""
-    from slimembed_export.quantize import add_variants
+    from slimembed.optimize.quantize import add_variants
 
     out = tmp_path_factory.mktemp("int8") / "bert"
     shutil.copytree(exported("bert"), out)

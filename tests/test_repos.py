@@ -10,17 +10,22 @@ name sentence-transformers gives that file.
 from __future__ import annotations
 
 import json
+import os
 import shutil
+import subprocess
+import sys
 import warnings
 from collections.abc import Callable
 from pathlib import Path
 
 import numpy as np
+import onnx
 import pytest
 
 from benchmarks.hub_load import QINT8, sentence_transformers_onnx_repo
 from slimembed import ModelFileError, TextEmbedding
 from slimembed.errors import ManifestError
+from slimembed.text_embedding import DEFAULT_MODEL_DIR
 from tests import tiny
 from tests.hub_layout import embed_offline, hub_cache
 from tests.reference import cosine
@@ -125,15 +130,23 @@ def test_sentence_transformers_onnx_repo_matches_sentence_transformers(
     )
 
     assert report["torch"] == []
-    assert report["model_dir"] == str(snapshot)
-    assert report["graph_file"] == "onnx/model.onnx"
+    # Fused at first load: the graph and its manifest are kept in a model directory under
+    # the cache's adopted/, which the next load runs.
+    fused = Path(report["model_dir"])
+    # adopted/models--org--name/REVISION/<graph>.<key>: one directory per revision and graph
+    assert fused.parent == cache / "adopted" / snapshot.parent.parent.name / snapshot.name
+    assert report["graph_file"] == "model.onnx"
     assert report["precision"] == "fp32"
     cos = cosine(got, want)
     assert cos.min() >= FP32_MIN, (cos.min(), texts[int(cos.argmin())][:80])
-    # The manifest built on the first load is kept beside the download for the next one.
-    kept = list((cache / "adopted").rglob("*.json"))
-    assert len(kept) == 1
+    kept = list((cache / "adopted").rglob("slimembed.json"))
+    assert kept == [fused / "slimembed.json"]
+    ops = [n.op_type for n in onnx.load(str(fused / "model.onnx")).graph.node]
+    assert (ops.count("MultiHeadAttention"), ops.count("Gelu"), ops.count("Softmax")) == (6, 6, 0)
     manifest = json.loads(kept[0].read_text())
+    assert manifest["source"]["fusion"] == (
+        "6 attention layers and 6 GELUs fused from onnx/model.onnx"
+    )
     assert manifest["source"]["id"] == "sentence-transformers/all-MiniLM-L6-v2"
     assert manifest["source"]["revision"] == snapshot.name
     assert (manifest["pooling"], manifest["normalize"], manifest["max_length"]) == (
@@ -158,7 +171,7 @@ def test_a_repository_graph_is_chosen_by_file_or_by_precision(
     )
 
     assert fp32.precision == "fp32"
-    assert fp32.manifest.graph_file == "onnx/model.onnx"
+    assert fp32.manifest.source["files"][0] == "onnx/model.onnx"
     assert by_file.precision == "int8"
     assert by_file.manifest.graph_file == QINT8
     assert by_precision.manifest.graph_file == QINT8
@@ -263,6 +276,11 @@ def test_a_root_graph_with_external_data_loads_from_the_hub_cache(
     model = TextEmbedding("acme/minilm-onnx", cache_dir=cache)
 
     assert model.manifest.graph_file == "model.onnx"
+    assert model.manifest.source["fusion"].startswith("6 attention layers")
+    # The fused graph refers to its weights by name: the data file is linked beside it, not
+    # copied (the blob's own inode).
+    blob = (cache / "models--acme--minilm-onnx" / "snapshots").glob("*/model.onnx_data")
+    assert (model.model_dir / "model.onnx_data").stat().st_ino == next(blob).stat().st_ino
     want = TextEmbedding(minilm_onnx_repo, cache_dir=tmp_path / "other").encode(texts)
     np.testing.assert_allclose(model.encode(texts), want, atol=1e-6)
 
@@ -280,10 +298,11 @@ def test_info_says_which_graph_of_a_repository_runs_and_why(
 
     assert default.exit_code == 0, default.output
     assert '"pooling": "mean"' in default.output
-    assert "onnx/model.onnx (the float32 default" in default.output
+    assert "/model.onnx (onnx/model.onnx: the float32 default" in default.output
+    assert "fusion: 6 attention layers and 6 GELUs fused from onnx/model.onnx" in default.output
     assert f"also here: {QINT8} (int8" in default.output
     assert chosen.exit_code == 0, chosen.output
-    assert f"{QINT8} (model_file=" in chosen.output
+    assert f"{QINT8} ({QINT8}: model_file=" in chosen.output
     assert "also here: onnx/model.onnx (fp32" in chosen.output
 
 
@@ -331,7 +350,7 @@ def test_a_cached_repository_loads_when_the_hub_cannot_be_reached(
         cache, "sentence-transformers/all-MiniLM-L6-v2", texts, tmp_path / "run", unreachable=True
     )
 
-    assert report["graph_file"] == "onnx/model.onnx"
+    assert report["graph_file"] == "model.onnx"
     want = TextEmbedding(minilm_onnx_repo, cache_dir=tmp_path / "other").encode(texts)
     np.testing.assert_allclose(got, want, atol=1e-6)
 
@@ -367,3 +386,94 @@ def test_slimembed_serve_serves_a_hub_repository_by_its_id(
     assert served["model_id"] == "acme/minilm-onnx"
     assert (served["dim"], served["pooling"], served["normalize"]) == (384, "mean", True)
     assert served["max_input_length"] == 256
+
+
+_QUANTIZE = """
+import sys
+# As where torch is not installed: any import of it fails.
+for name in ("torch", "transformers", "sentence_transformers"):
+    sys.modules[name] = None
+from slimembed.cli import main
+main(["quantize", sys.argv[1]])
+"""
+
+
+def test_slimembed_quantize_gives_a_hub_repository_our_int8_without_torch(
+    minilm_onnx_repo: Path, minilm_reference: tuple[list[str], np.ndarray], tmp_path: Path
+) -> None:
+    repo = "sentence-transformers/all-MiniLM-L6-v2"
+    cache = tmp_path / "hub"
+    hub_cache(cache, repo, minilm_onnx_repo)
+    env = {**os.environ, "HF_HUB_OFFLINE": "1", "SLIMEMBED_CACHE_DIR": str(cache)}
+
+    done = subprocess.run(
+        [sys.executable, "-c", _QUANTIZE, repo],
+        capture_output=True,
+        text=True,
+        timeout=900,
+        env=env,
+        cwd=tmp_path,
+    )
+
+    assert done.returncode == 0, done.stderr[-3000:]
+    assert "int8: " in done.stdout
+    assert "alone vs batched min 1.0000000" in done.stdout
+    texts = minilm_reference[0][::40]
+    int8, report = embed_offline(cache, repo, texts, tmp_path / "int8")
+    fp32, _ = embed_offline(cache, repo, texts, tmp_path / "fp32", precision="fp32")
+    assert report["torch"] == []
+    # The next load by the repository's id runs slimembed's INT8 (the default on CPU).
+    assert report["precision"] == "int8"
+    assert (Path(report["model_dir"]) / "model.int8.onnx").is_file()
+    cos = cosine(int8, fp32)
+    assert cos.mean() >= 0.999, cos.mean()
+    assert cos.min() >= 0.995, cos.min()
+    model = TextEmbedding(repo, cache_dir=cache, local_files_only=True)
+    alone = model.encode(texts[:40], batch_size=1)
+    np.testing.assert_array_equal(alone, int8[:40])
+    figures = model.manifest.variants["int8"].fidelity
+    assert figures["cosine_to_fp32_min"] >= 0.995
+    assert figures["command"] == f"slimembed quantize {repo} --precision int8"
+
+
+def test_slimembed_quantize_says_what_it_needs(
+    minilm_onnx_repo: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from click.testing import CliRunner
+
+    from slimembed import repos
+    from slimembed.cli import main
+
+    runner = CliRunner(env={"SLIMEMBED_CACHE_DIR": str(tmp_path / "cache")})
+    static = runner.invoke(main, ["quantize", str(DEFAULT_MODEL_DIR)])
+    int8_file = runner.invoke(main, ["quantize", str(minilm_onnx_repo), "--model-file", QINT8])
+    monkeypatch.setattr(repos, "has_onnx", lambda: False)
+    no_onnx = runner.invoke(main, ["quantize", str(minilm_onnx_repo)])
+
+    assert static.exit_code != 0
+    assert "static model: it has no graph" in static.output
+    assert int8_file.exit_code != 0
+    assert "model_file=" in int8_file.output
+    assert no_onnx.exit_code != 0
+    assert "pip install 'slimembed[quantize]'" in no_onnx.output
+
+
+def test_without_onnx_a_repository_runs_unfused_and_is_fused_once_onnx_is_there(
+    minilm_onnx_repo: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from slimembed import repos
+
+    repo = "sentence-transformers/all-MiniLM-L6-v2"
+    cache = tmp_path / "hub"
+    snapshot = hub_cache(cache, repo, minilm_onnx_repo)
+    texts = ["hello world", "a second, longer text about embeddings"]
+    monkeypatch.setattr(repos, "has_onnx", lambda: False)
+    plain = TextEmbedding(repo, cache_dir=cache, local_files_only=True)
+    monkeypatch.undo()
+    fused = TextEmbedding(repo, cache_dir=cache, local_files_only=True)
+
+    assert (plain.model_dir, plain.manifest.graph_file) == (snapshot, "onnx/model.onnx")
+    assert plain.manifest.source["fusion"] == repos.FUSION_UNAVAILABLE
+    assert fused.model_dir.parent == cache / "adopted" / snapshot.parent.parent.name / snapshot.name
+    assert fused.manifest.source["fusion"].startswith("6 attention layers")
+    assert cosine(fused.encode(texts), plain.encode(texts)).min() >= FP32_MIN

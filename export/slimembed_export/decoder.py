@@ -6,7 +6,7 @@ Add, Sqrt, Div, Mul; rotary embeddings as Slice, Neg, Concat, Mul, Add over gath
 attention as head reshapes, repeat_kv's Expand, the scores MatMul, a 4D mask built from the
 padding mask and a causal triangle, Softmax and a NaN guard). None of ONNX Runtime's own
 fusions (onnxruntime.transformers) recognises the dynamo exporter's form of these, and matching
-it after the fact, as slimembed_export.fusion does for encoders, would depend on the exporter's
+it after the fact, as slimembed.optimize.fusion does for encoders, would depend on the exporter's
 spelling of rotary and masks, which changes between torch releases. A decoder layer of these
 four families is a short, fixed recipe, so it is written directly:
 
@@ -53,8 +53,8 @@ from typing import Any
 
 import numpy as np
 
+from slimembed.optimize.onnx_file import OPSET
 from slimembed_export.errors import ExportError
-from slimembed_export.onnx_file import OPSET
 
 MS = "com.microsoft"
 # The architectures this builder writes (transformers' base model classes, by name).

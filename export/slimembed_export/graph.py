@@ -19,8 +19,8 @@ from typing import Any
 
 import torch
 
+from slimembed.optimize.onnx_file import EXTERNAL_DATA_BYTES, OPSET
 from slimembed_export.errors import ExportError
-from slimembed_export.onnx_file import EXTERNAL_DATA_BYTES, OPSET
 
 
 class HiddenStates(torch.nn.Module):
@@ -98,11 +98,11 @@ def export_graph(
 
     With ``fuse``, decoders of the families slimembed_export.decoder builds are written fused
     (checked against the model on a padded probe batch, traced when that check fails), and
-    encoders' attention is fused where that is exact (slimembed_export.fusion)."""
+    encoders' attention is fused where that is exact (slimembed.optimize.fusion)."""
     if bidirectional and not decoder:
         raise ExportError("bidirectional applies to decoders; encoders are bidirectional already")
+    from slimembed.optimize.fusion import fuse
     from slimembed_export import decoder as fused_decoder
-    from slimembed_export.fusion import fuse_attention
 
     external = _size(model) > EXTERNAL_DATA_BYTES if external_data is None else external_data
     not_fused = fused_decoder.unsupported_reason(model, max_length) if decoder else None
@@ -127,7 +127,7 @@ def export_graph(
     if decoder:
         why = "--no-fuse" if not fuse else not_fused
         return f"{exporter}, unfused ({why})"
-    fused = fuse_attention(path) if fuse else 0
+    fused = fuse(path).attention if fuse else 0
     return f"{exporter}, {fused} attention layers fused" if fused else exporter
 
 

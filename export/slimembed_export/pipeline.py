@@ -16,6 +16,7 @@ from pathlib import Path
 from typing import Any
 
 from slimembed import hub, registry
+from slimembed.errors import QuantizeError
 from slimembed.manifest import (
     MANIFEST_FILE,
     PRECISIONS,
@@ -211,7 +212,7 @@ def _export_transformer(
     )
     manifest = manifest.with_changes(parity=figures)
     if set(precisions) - {"fp32"}:
-        from slimembed_export.quantize import release_freed_memory, variants_in_fresh_process
+        from slimembed.optimize.quantize import release_freed_memory, variants_in_fresh_process
 
         # The PyTorch weights are not needed past the parity check, and quantizing a large
         # model holds the FP32 graph's session and its calibration statistics: that runs in
@@ -219,7 +220,10 @@ def _export_transformer(
         del model
         release_freed_memory()  # transformers' modules hold reference cycles
         manifest.save(staging)
-        manifest = variants_in_fresh_process(staging, precisions, _command(source, opts))
+        try:
+            manifest = variants_in_fresh_process(staging, precisions, _command(source, opts))
+        except QuantizeError as err:  # an export's failures are ExportErrors to its callers
+            raise ExportError(str(err)) from err
     return manifest
 
 

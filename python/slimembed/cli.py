@@ -7,6 +7,7 @@ import codecs
 import contextlib
 import importlib.metadata
 import json
+import shlex
 import signal
 import sys
 import threading
@@ -542,7 +543,74 @@ def info(model: str, model_file: str | None, precision: str | None) -> None:
             if precision
             else f"the float32 default ({' or '.join(repos.DEFAULT_GRAPHS)})"
         )
-        click.echo(f"runs {model_dir / manifest.graph_file} ({why})")
-        graphs = repos.graph_files(repos.listing(model_dir))
-        for graph in (g for g in graphs if g != manifest.graph_file):
+        # A graph slimembed rewrote runs from its own directory; the repository's listing is
+        # the snapshot's.
+        original = manifest.source.get("files", [manifest.graph_file])[0]
+        click.echo(f"runs {model_dir / manifest.graph_file} ({original}: {why})")
+        fusion = manifest.source.get("fusion")
+        if fusion:
+            click.echo(f"fusion: {fusion}")
+        snapshot = hub.resolve_model(model, model_file=model_file, precision=precision)
+        graphs = repos.graph_files(repos.listing(snapshot))
+        for graph in (g for g in graphs if g != original):
             click.echo(f"also here: {graph} ({repos.graph_precision(graph)}; --model-file {graph})")
+
+
+@main.command()
+@click.argument("model")
+@click.option(
+    "--precision",
+    "precisions",
+    type=click.Choice(["int8", "fp16"]),
+    multiple=True,
+    default=("int8",),
+    show_default=True,
+    help="The variant to add (repeat for both): int8 for CPU, fp16 for CUDA.",
+)
+@click.option("--model-file", default=None, help="For a repository: the FP32 graph to start from.")
+def quantize(model: str, precisions: tuple[str, ...], model_file: str | None) -> None:
+    """Add slimembed's INT8 (or FP16) variant to MODEL, with its fidelity figures in the
+    manifest: an exported directory in place, a Hub repository (by id or folder) in its model
+    directory under the cache, so that the next load runs it. Needs onnx, not torch
+    (pip install 'slimembed[quantize]')."""
+    from slimembed import repos
+
+    if not repos.has_onnx():
+        raise click.ClickException(
+            "slimembed quantize needs the onnx package: pip install 'slimembed[quantize]'"
+        )
+    from slimembed.optimize.quantize import add_variants
+
+    try:
+        model_dir, manifest = hub.open_model(
+            model, task="embed", model_file=model_file, precision="fp32", own_dir=True
+        )
+        if hub.snapshot_repo(model_dir) is not None:
+            raise click.ClickException(
+                f"{model} is a slimembed model repository in the hub cache ({model_dir}): its "
+                "files are the repository's; export or copy it to a folder to quantize it"
+            )
+        if manifest.kind != "transformer":
+            raise click.ClickException(f"{model} is a {manifest.kind} model: it has no graph")
+        if manifest.precision != "fp32":
+            raise click.ClickException(
+                f"{model_file or model} is a {manifest.precision} graph: quantizing starts from "
+                "an FP32 one (leave out model_file= for the repository's FP32 default)"
+            )
+        command = shlex.join(["slimembed", "quantize", model, *_precision_args(precisions)])
+        manifest = add_variants(model_dir, manifest, precisions, command)
+    except (SlimembedError, ValueError) as err:
+        raise click.ClickException(str(err)) from err
+    manifest.save(model_dir)
+    for precision in precisions:
+        figures = manifest.variants[precision].fidelity
+        click.echo(
+            f"{precision}: {model_dir / manifest.variants[precision].graph_file}; cosine to fp32 "
+            f"on {figures['probe_texts']} probe texts mean {figures['cosine_to_fp32_mean']:.5f}, "
+            f"min {figures['cosine_to_fp32_min']:.5f}; alone vs batched min "
+            f"{figures['batch_invariance_min_cosine']:.7f}"
+        )
+
+
+def _precision_args(precisions: tuple[str, ...]) -> list[str]:
+    return [arg for p in precisions for arg in ("--precision", p)]

@@ -25,6 +25,11 @@ class ManifestError(ModelFileError):
     """The manifest is missing, of an unknown version, or breaks the model-directory contract."""
 
 
+class QuantizeError(SlimembedError, ValueError):
+    """A graph cannot be quantized or fused as asked, or its quantized graph fails its checks
+    (non-finite vectors, or vectors that change with the batch)."""
+
+
 class ProviderError(SlimembedError, RuntimeError):
     """An execution provider was requested (CUDA) that this onnxruntime cannot give."""
 

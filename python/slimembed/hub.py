@@ -120,6 +120,7 @@ def open_model(
     local_files_only: bool = False,
     model_file: str | None = None,
     precision: str | None = None,
+    own_dir: bool = False,
 ) -> tuple[Path, Manifest]:
     """The model directory for ``model`` and its manifest, which must be of ``task``
     (``"embed"`` or ``"rerank"``; ``None``: either); ModelFileError otherwise.
@@ -128,7 +129,8 @@ def open_model(
     StaticEmbedding repository) is adopted (``repos.adopt``): ``model_file`` or ``precision``
     choose among its graphs (without either, a registry entry's ``model_file``, as fastembed
     names the graph, where it has one). ``model_file`` is for such folders only (ValueError
-    otherwise)."""
+    otherwise). ``own_dir``: a repository's graph runs from a model directory of slimembed's
+    own under the cache even where it was not rewritten (``repos.adopt``)."""
     spec = None if _local_dir(model) is not None else registry.find(str(model))
     graph_file = model_file or (spec.model_file if spec and precision is None else None)
     model_dir = resolve_model(
@@ -155,6 +157,7 @@ def open_model(
             precision=precision,
             store=adopted_dir(model_dir, cache_dir),
             spec=spec,
+            own_dir=own_dir,
         )
     else:
         raise ManifestError(

@@ -26,6 +26,7 @@ import json
 import os
 import shutil
 import tempfile
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -68,6 +69,12 @@ _INT8_MARKS = ("qint8", "quint8", "int8", "uint8", "quantized")
 _FP16_MARKS = ("fp16", "float16")
 # Files that hold PyTorch weights: such a repository needs `slimembed export`.
 _WEIGHTS = ("model.safetensors", "pytorch_model.bin", "model.safetensors.index.json")
+# The fused copy of a repository's graph, in its model directory under the cache's adopted/.
+FUSED_GRAPH = "model.onnx"
+# Why a kept manifest ran its graph unfused, when installing onnx would fuse it at next load.
+FUSION_UNAVAILABLE = (
+    "not tried: the onnx package is not installed (pip install 'slimembed[quantize]')"
+)
 # Positions past this are no limit a tokenizer config really means (transformers' "very large").
 _NO_LIMIT = 1_000_000
 
@@ -262,9 +269,14 @@ def adopt(
     precision: str | None = None,
     store: Path,
     spec: registry.ModelSpec | None = None,
+    own_dir: bool = False,
 ) -> tuple[Path, Manifest]:
     """The model directory and manifest that run the repository folder ``model_dir``; what is
-    made for it (manifests, a converted table) is kept under ``store`` (``hub.adopted_dir``).
+    made for it (manifests, a converted table, a fused graph) is kept under ``store``
+    (``hub.adopted_dir``). An FP32 encoder graph is fused at first load where it matches
+    (``slimembed.optimize.fusion``; that needs the onnx package) and then runs from a model
+    directory under ``store``; ``own_dir`` asks for such a directory in every case (the graph
+    linked there as it is when it was not rewritten), for ``slimembed quantize`` to write in.
     ``spec``, the registry entry it was asked for by (else the one of ``source_id``), fills
     what the folder's configuration leaves out; its explicit pooling and normalization win.
 
@@ -280,20 +292,170 @@ def adopt(
     graphs = graph_files(files)
     if not graphs:
         raise ManifestError(_nothing_to_run(model_dir, source_id, files))
-    graph = choose_graph(graphs, model_file, precision, source_id)
     spec = spec or registry.find(source_id)
     # The registry entry is part of what the manifest is made from: another (a custom model
     # registered on the same repository) gets a manifest of its own.
     key = "" if spec is None else "." + _digest(json.dumps(spec.to_dict(), sort_keys=True))
+    if model_file is None and precision is not None:
+        # The default graph's own directory may hold that precision (`slimembed quantize`).
+        own = _own_variant(store, graphs, key, precision, source_id)
+        if own is not None:
+            return own
+    graph = choose_graph(graphs, model_file, precision, source_id)
+    optimized = optimized_dir(store, graph, key)
+    if (optimized / MANIFEST_FILE).is_file():
+        return optimized, Manifest.load(optimized)
     cached = store / (graph.replace("/", "%") + key + ".json")
-    if cached.is_file():
-        try:
-            return model_dir, Manifest.from_dict(read_json(cached), origin=str(cached))
-        except ModelFileError:
-            pass  # made by another slimembed version: build it again
-    manifest = graph_manifest(model_dir, graph, source_id, revision, spec)
-    _write_atomically(cached, json.dumps(manifest.to_dict(), indent=2, ensure_ascii=False))
+    manifest = _kept_manifest(cached)
+    if manifest is None:
+        manifest = graph_manifest(model_dir, graph, source_id, revision, spec)
+        fused, why = _fuse(model_dir, manifest, optimized)
+        if fused is not None:
+            return optimized, fused
+        manifest = manifest.with_changes(source={**manifest.source, "fusion": why})
+        _write_atomically(cached, json.dumps(manifest.to_dict(), indent=2, ensure_ascii=False))
+    if own_dir:
+        return optimized, _linked_dir(model_dir, manifest, optimized)
     return model_dir, manifest
+
+
+def _own_variant(
+    store: Path, graphs: list[str], key: str, precision: str, source_id: str
+) -> tuple[Path, Manifest] | None:
+    """The default graph's model directory under ``store`` where it holds ``precision``."""
+    try:
+        own = optimized_dir(store, choose_graph(graphs, None, None, source_id), key)
+    except ValueError:
+        return None  # no default graph
+    if not (own / MANIFEST_FILE).is_file():
+        return None
+    manifest = Manifest.load(own)
+    return (own, manifest) if precision in (manifest.precision, *manifest.variants) else None
+
+
+def _link(source: Path, target: Path) -> None:
+    """Hard-link ``source`` (through the hub cache's symlink, its blob) to ``target``, or copy
+    it where links fail (another file system)."""
+    try:
+        os.link(source.resolve(), target)
+    except OSError:
+        shutil.copyfile(source, target)
+
+
+def _link_external_data(graph: Path, folder: Path) -> None:
+    """Put ``graph``'s external data files into ``folder`` under their names, by which the
+    graph (and a rewritten copy of it there) refers to them (needs onnx, as its callers do)."""
+    import onnx
+
+    from slimembed.optimize.fusion import external_data
+
+    for name in sorted(external_data(onnx.load(str(graph), load_external_data=False))):
+        _link(graph.parent / name, folder / name)
+
+
+def _linked_dir(model_dir: Path, manifest: Manifest, out: Path) -> Manifest:
+    """A model directory at ``out`` running ``model_dir``'s graph as it is: the graph and its
+    external data hard-linked (copied where links fail), the tokenizer copied."""
+    graph = manifest.graph_file
+    assert graph is not None
+
+    def write(staging: Path) -> Manifest:
+        _link(model_dir / graph, staging / FUSED_GRAPH)
+        _link_external_data(model_dir / graph, staging)
+        shutil.copyfile(model_dir / manifest.tokenizer_file, staging / manifest.tokenizer_file)
+        linked = manifest.with_changes(graph_file=FUSED_GRAPH)
+        linked.save(staging)
+        return linked
+
+    made = write_model_dir(out, write)
+    assert made is not None
+    return made
+
+
+def _kept_manifest(cached: Path) -> Manifest | None:
+    """The manifest an earlier load kept at ``cached``; None when there is none, when another
+    slimembed version made it, or when it ran unfused only for want of onnx, now installed."""
+    if not cached.is_file():
+        return None
+    try:
+        manifest = Manifest.from_dict(read_json(cached), origin=str(cached))
+    except ModelFileError:
+        return None  # made by another slimembed version: build it again
+    if manifest.source.get("fusion") == FUSION_UNAVAILABLE and has_onnx():
+        return None
+    return manifest
+
+
+def optimized_dir(store: Path, graph: str, key: str = "") -> Path:
+    """Where a repository graph's slimembed model directory is kept once slimembed rewrote it
+    (attention fused at first load, INT8 added by ``slimembed quantize``)."""
+    return store / (graph.replace("/", "%") + key)
+
+
+def has_onnx() -> bool:
+    import importlib.util
+
+    return importlib.util.find_spec("onnx") is not None
+
+
+def _fuse(model_dir: Path, manifest: Manifest, out: Path) -> tuple[Manifest | None, str]:
+    """Fuse the attention of an FP32 encoder graph into ``out`` (a model directory holding the
+    fused graph, the tokenizer and the manifest): the manifest, or None and why not."""
+    graph = manifest.graph_file
+    if manifest.precision != "fp32" or graph is None:
+        return None, f"not tried: a {manifest.precision} graph runs as it is"
+    if manifest.source.get("model_type") in DECODER_TYPES:
+        return None, "not tried: a causal decoder's attention has no key-padding mask"
+    if not has_onnx():
+        return None, FUSION_UNAVAILABLE
+    from slimembed.optimize.fusion import PROBE_INPUTS, fuse
+
+    if not set(manifest.graph_inputs) <= set(PROBE_INPUTS):
+        return None, f"not tried: inputs {list(manifest.graph_inputs)}"
+
+    def write(staging: Path) -> Manifest | None:
+        # The graph and its data as real files in the staging folder: ONNX Runtime refuses
+        # data that resolves elsewhere (a hub cache's blobs/), and fusing writes a probe
+        # graph beside its source, never into the snapshot.
+        source = staging / ("source-" + Path(graph).name)
+        _link(model_dir / graph, source)
+        _link_external_data(model_dir / graph, staging)
+        counts = fuse(source, staging / FUSED_GRAPH)
+        source.unlink()
+        if not any(counts):
+            return None
+        shutil.copyfile(model_dir / manifest.tokenizer_file, staging / manifest.tokenizer_file)
+        what = f"{counts.attention} attention layers and {counts.gelu} GELUs fused from {graph}"
+        fused = manifest.with_changes(
+            graph_file=FUSED_GRAPH, source={**manifest.source, "fusion": what}
+        )
+        fused.save(staging)
+        return fused
+
+    made = write_model_dir(out, write)
+    if made is None:
+        return None, "no attention core nor GELU matched or passed its checks: runs as it is"
+    return made, ""
+
+
+def write_model_dir(out: Path, write: Callable[[Path], Manifest | None]) -> Manifest | None:
+    """Make the model directory ``out`` through ``write(staging)`` in a staging folder beside
+    it, renamed into place only when ``write`` returns its manifest; None (nothing left behind)
+    when it returns None. Another process that made ``out`` first wins."""
+    out.parent.mkdir(parents=True, exist_ok=True)
+    staging = Path(tempfile.mkdtemp(prefix=out.name + ".", suffix=".partial", dir=out.parent))
+    try:
+        made = write(staging)
+        if made is None:
+            return None
+        try:
+            staging.rename(out)
+        except OSError:
+            if not (out / MANIFEST_FILE).is_file():  # not made by another process first
+                raise
+    finally:
+        shutil.rmtree(staging, ignore_errors=True)
+    return Manifest.load(out)
 
 
 def graph_files(listing: list[str]) -> list[str]:
@@ -604,9 +766,8 @@ def _adopt_static(
     out = store / f"static-{chosen}"
     if (out / MANIFEST_FILE).is_file():
         return out, Manifest.load(out)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    staging = Path(tempfile.mkdtemp(prefix=out.name + ".", suffix=".partial", dir=out.parent))
-    try:
+
+    def write(staging: Path) -> Manifest:
         try:
             tensors = static_tensors(source, chosen)
         except ValueError as err:
@@ -614,14 +775,11 @@ def _adopt_static(
         origin = {"id": source_id, "revision": revision, "adopted_by": "slimembed"}
         manifest = write_static_source(staging, source, tensors, chosen, origin)
         manifest.save(staging)
-        try:
-            staging.rename(out)
-        except OSError:
-            if not (out / MANIFEST_FILE).is_file():  # not made by another process first
-                raise
-    finally:
-        shutil.rmtree(staging, ignore_errors=True)
-    return out, Manifest.load(out)
+        return manifest
+
+    made = write_model_dir(out, write)
+    assert made is not None
+    return out, made
 
 
 def write_static_source(

@@ -22,17 +22,26 @@ left-padded rows:
   of a (batch, seq, dim) tensor (K transposed), and the output chain exactly the merge back;
 - the additive mask is 0 on every real key and at most -1e4 on every padded one, for every
   query: a pure key-padding mask. A causal mask fails this (tests/test_fusion.py).
-A candidate that fails any check keeps its original nodes. The export's parity check against
-PyTorch then runs on the fused graph as on any other.
+A candidate that fails any check keeps its original nodes. The fused graph is then run on the
+probe batch beside the original and kept only if its output agrees at every real position
+(``OUTPUT_TOLERANCE``); at export the parity check against PyTorch runs on it as on any other.
+
+Two exporters' forms match: torch.onnx's dynamo exporter (the export's graphs) and its TorchScript
+exporter as optimum uses it (the ``onnx/model.onnx`` of sentence-transformers repositories on the
+Hub: ``token_type_ids`` as a third input, fed zeros on the probe, Shape nodes reading the attention
+tensors for dynamic reshapes, and the scale split as 1/d^(1/4) on each of Q and K). The runtime
+fuses such a graph when it first loads it (slimembed.repos), so a Hub repository runs as fast as
+``slimembed export``'s graph of the same model.
 
 Rows that are all padding (never pooled) get uniform attention instead of the guard's zeros.
 """
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, NamedTuple
 
 import numpy as np
 
@@ -41,6 +50,11 @@ import numpy as np
 MASK_FILTER = float(np.finfo(np.float32).min)
 MASKED = -1e4
 _LAYOUT = ("Reshape", "Transpose", "Mul", "Div")
+# Graph inputs the probe batch can feed; a graph declaring any other is not fused.
+PROBE_INPUTS = ("input_ids", "attention_mask", "token_type_ids")
+# The fused graph's output may differ from the original's by this much, relative to the
+# output's largest magnitude, at real (unpadded) positions of the probe batch.
+OUTPUT_TOLERANCE = 1e-4
 
 
 @dataclass
@@ -61,22 +75,139 @@ class _Candidate:
     checks: dict[str, bool] = field(default_factory=dict)
 
 
-def fuse_attention(path: Path) -> int:
-    """Rewrite ``path``'s attention cores into MultiHeadAttention in place, where every check
-    holds; returns how many were fused (0 leaves the file untouched)."""
+class Fused(NamedTuple):
+    """What ``fuse`` rewrote: attention cores, and GELUs spelled out with Erf."""
+
+    attention: int
+    gelu: int
+
+
+def fuse(path: Path, out: Path | None = None) -> Fused:
+    """Rewrite ``path``'s attention cores into MultiHeadAttention where every check holds, and
+    its Erf-spelled GELUs into one Gelu op each, and write the result to ``out`` (default:
+    ``path`` itself); returns how many of each were fused. With none, or when the fused graph's
+    output differs from the original's on the probe batch, nothing is written. A graph with
+    external data keeps referring to its data files by their names: fused elsewhere, it is
+    fused only where they are beside ``out`` too."""
     import onnx
 
+    none = Fused(0, 0)
+    target = path if out is None else out
     # External data (graphs past 2 GB) stays where it is: only small tensors are read.
     model = onnx.load(str(path), load_external_data=False)
+    if not all((target.parent / name).is_file() for name in external_data(model)):
+        return none
     candidates = _find(model)
-    if not candidates:
+    verified = _verify(model, path, candidates) if candidates else []
+    if verified:
+        _rewrite(model, verified, path.parent)
+    gelus = _fuse_gelu(model)
+    if not verified and not gelus:
+        return none
+    if not _complete(model):
+        return none
+    staging = target.with_name(target.name + ".fusing")
+    try:
+        onnx.save(model, str(staging))
+        if not _same_outputs(path, staging):
+            return none
+        staging.replace(target)
+    finally:
+        staging.unlink(missing_ok=True)
+    return Fused(len(verified), gelus)
+
+
+def _fuse_gelu(model: Any) -> int:
+    """Replace each ``0.5 * x * (1 + erf(x / sqrt(2)))`` (TorchScript's exact GELU, in any
+    order of its two Muls) by ``com.microsoft.Gelu(x)``, which ONNX Runtime runs as one kernel
+    and the INT8 recipe recognises (it shifts GELU outputs); returns how many."""
+    from onnx import helper
+
+    graph = model.graph
+    _, producer, readers, scalar = _index(model)
+
+    def only_reader(tensor: str, op: str) -> Any:
+        found = readers.get(tensor, [])
+        return found[0] if len(found) == 1 and found[0].op_type == op else None
+
+    def other(node: Any, tensor: str) -> str:
+        return str(node.input[1] if node.input[0] == tensor else node.input[0])
+
+    replaced: dict[str, Any] = {}  # output tensor of the pattern -> its Gelu node
+    for erf in [n for n in graph.node if n.op_type == "Erf"]:
+        scaled = producer.get(erf.input[0])
+        if scaled is None or scaled.op_type not in ("Div", "Mul"):
+            continue
+        factor = scalar(scaled.input[1])
+        root2 = 2**0.5 if scaled.op_type == "Div" else 2**-0.5
+        if factor is None or abs(factor - root2) > 1e-5:
+            continue
+        x = scaled.input[0]
+        plus = only_reader(erf.output[0], "Add")
+        if plus is None or scalar(other(plus, erf.output[0])) != 1.0:
+            continue
+        first = only_reader(plus.output[0], "Mul")
+        if first is None:
+            continue
+        partner = other(first, plus.output[0])
+        second = only_reader(first.output[0], "Mul")
+        if partner == x and second is not None and scalar(other(second, first.output[0])) == 0.5:
+            end = second  # (x * (1 + erf)) * 0.5
+        elif scalar(partner) == 0.5 and second is not None and other(second, first.output[0]) == x:
+            end = second  # x * ((1 + erf) * 0.5)
+        elif (
+            (half := producer.get(partner)) is not None
+            and half.op_type == "Mul"
+            and (x in half.input and scalar(other(half, x)) == 0.5)
+        ):
+            end = first  # (x * 0.5) * (1 + erf)
+        else:
+            continue
+        name = f"gelu_{len(replaced)}"
+        replaced[end.output[0]] = helper.make_node(
+            "Gelu", [x], [end.output[0]], name=name, domain="com.microsoft"
+        )
+    if not replaced:
         return 0
-    verified = _verify(model, path, candidates)
-    if not verified:
-        return 0
-    _rewrite(model, verified, path.parent)
-    onnx.save(model, str(path))
-    return len(verified)
+    rebuilt = [replaced.get(n.output[0], n) if n.output else n for n in graph.node]
+    del graph.node[:]
+    graph.node.extend(rebuilt)
+    _drop_dead(model)
+    if not any(o.domain == "com.microsoft" for o in model.opset_import):
+        model.opset_import.append(helper.make_opsetid("com.microsoft", 1))
+    return len(replaced)
+
+
+def external_data(model: Any) -> set[str]:
+    """The external data files a graph (loaded without them) refers to, by their names."""
+    from onnx.external_data_helper import ExternalDataInfo, uses_external_data
+
+    return {ExternalDataInfo(i).location for i in model.graph.initializer if uses_external_data(i)}
+
+
+def _index(
+    model: Any,
+) -> tuple[
+    dict[str, np.ndarray],
+    dict[str, Any],
+    dict[str, list[Any]],
+    Callable[[str], float | None],
+]:
+    """What the pattern matchers look up: the graph's one-element constants, each tensor's
+    producing node, each tensor's reading nodes, and ``scalar(name)`` (a constant's value, or
+    None for a computed tensor)."""
+    consts = _consts(model)
+    producer = {o: n for n in model.graph.node for o in n.output}
+    readers: dict[str, list[Any]] = {}
+    for node in model.graph.node:
+        for name in node.input:
+            readers.setdefault(name, []).append(node)
+
+    def scalar(name: str) -> float | None:
+        value = consts.get(name)
+        return float(value) if value is not None and value.size == 1 else None
+
+    return consts, producer, readers, scalar
 
 
 def _consts(model: Any) -> dict[str, np.ndarray]:
@@ -94,16 +225,7 @@ def _consts(model: Any) -> dict[str, np.ndarray]:
 def _find(model: Any) -> list[_Candidate]:
     """Candidates by the skeleton alone: Softmax(MatMul(q, k) [* c] + mask) [guard] @ v."""
     graph = model.graph
-    consts = _consts(model)
-    producer = {o: n for n in graph.node for o in n.output}
-    readers: dict[str, list[Any]] = {}
-    for node in graph.node:
-        for name in node.input:
-            readers.setdefault(name, []).append(node)
-
-    def scalar(name: str) -> float | None:
-        value = consts.get(name)
-        return float(value) if value is not None and value.size == 1 else None
+    consts, producer, readers, scalar = _index(model)
 
     def chain(tensor: str) -> tuple[str, float]:
         """Walk back through layout ops and scalar scalings: (start tensor, product of scales)."""
@@ -223,7 +345,9 @@ def _out_chain(context: str, readers: dict[str, list[Any]]) -> str | None:
     tensor = context
     steps = 0
     while True:
-        nexts = readers.get(tensor, [])
+        # Shape nodes only read the tensor's dims (TorchScript's dynamic reshapes); they die
+        # with the chain they feed, and _complete refuses the graph if one outlives it.
+        nexts = [n for n in readers.get(tensor, []) if n.op_type != "Shape"]
         if len(nexts) != 1 or nexts[0].op_type not in ("Reshape", "Transpose"):
             break
         tensor = nexts[0].output[0]
@@ -231,25 +355,58 @@ def _out_chain(context: str, readers: dict[str, list[Any]]) -> str | None:
     return tensor if steps else None
 
 
-def _probe_feed() -> dict[str, np.ndarray]:
-    """Batch 3, seq 7: a full row, a right-padded and a left-padded one."""
+def _probe_feed(names: list[str]) -> dict[str, np.ndarray]:
+    """Batch 3, seq 7: a full row, a right-padded and a left-padded one (token types 0)."""
     mask = np.array(
         [[1, 1, 1, 1, 1, 1, 1], [1, 1, 1, 1, 0, 0, 0], [0, 0, 0, 1, 1, 1, 1]], dtype=np.int64
     )
     rng = np.random.default_rng(0)
-    return {"input_ids": rng.integers(5, 100, size=mask.shape), "attention_mask": mask}
+    feed = {
+        "input_ids": rng.integers(5, 100, size=mask.shape),
+        "attention_mask": mask,
+        "token_type_ids": np.zeros_like(mask),
+    }
+    return {name: feed[name] for name in names}
+
+
+def _session(path: Path) -> Any:
+    """An unoptimized CPU session of ``path`` (values as the graph spells them)."""
+    import onnxruntime as ort
+
+    options = ort.SessionOptions()
+    options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_DISABLE_ALL
+    return ort.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
+
+
+def _complete(model: Any) -> bool:
+    """Whether every tensor a node reads is still made by a node, an initializer or an input."""
+    made = {i.name for i in model.graph.input} | {i.name for i in model.graph.initializer}
+    made |= {o for n in model.graph.node for o in n.output} | {""}
+    return all(i in made for n in model.graph.node for i in n.input)
+
+
+def _same_outputs(original: Path, fused: Path) -> bool:
+    """Whether the fused graph's first output matches the original's at every real position."""
+    before, after = _session(original), _session(fused)
+    feed = _probe_feed([i.name for i in before.get_inputs()])
+    want = before.run(None, feed)[0]
+    got = after.run(None, feed)[0]
+    if want.shape != got.shape:
+        return False
+    real = feed["attention_mask"].astype(bool)
+    if want.ndim == 3:
+        want, got = want[real], got[real]
+    scale = max(float(np.abs(want).max()), 1e-6)
+    return bool(np.abs(got - want).max() <= OUTPUT_TOLERANCE * scale)
 
 
 def _verify(model: Any, path: Path, candidates: list[_Candidate]) -> list[_Candidate]:
     """The candidates whose layout chains and mask check out on a probe batch."""
     import onnx
-    import onnxruntime as ort
     from onnx import TensorProto, helper
 
     names = [i.name for i in model.graph.input]
-    if "attention_mask" not in names or any(
-        n not in ("input_ids", "attention_mask") for n in names
-    ):
+    if "attention_mask" not in names or any(n not in PROBE_INPUTS for n in names):
         return []
     probe = onnx.ModelProto()
     probe.CopyFrom(model)
@@ -264,14 +421,12 @@ def _verify(model: Any, path: Path, candidates: list[_Candidate]) -> list[_Candi
     for name in wanted:
         if name not in present:
             probe.graph.output.append(helper.make_tensor_value_info(name, TensorProto.FLOAT, None))
-    feed = _probe_feed()
-    options = ort.SessionOptions()
-    options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_DISABLE_ALL
+    feed = _probe_feed(names)
     # Saved beside the graph, so that its external data (if any) resolves.
     probe_path = path.with_name(path.stem + ".fusion-probe.onnx")
     onnx.save(probe, str(probe_path))
     try:
-        session = ort.InferenceSession(str(probe_path), options, providers=["CPUExecutionProvider"])
+        session = _session(probe_path)
     finally:
         probe_path.unlink()
     values = dict(zip(wanted, session.run(wanted, feed), strict=True))
@@ -314,7 +469,9 @@ def _verify(model: Any, path: Path, candidates: list[_Candidate]) -> list[_Candi
 def _rewrite(model: Any, fused: list[_Candidate], base_dir: Path) -> None:
     """Replace each verified core by one MultiHeadAttention; drop what nothing reads any more."""
     from onnx import TensorProto, helper, numpy_helper
-    from onnx.external_data_helper import load_external_data_for_tensor, uses_external_data
+    from onnx.external_data_helper import uses_external_data
+
+    from slimembed.optimize.onnx_file import load_into
 
     graph = model.graph
     inits = {i.name: i for i in graph.initializer}
@@ -339,7 +496,7 @@ def _rewrite(model: Any, fused: list[_Candidate], base_dir: Path) -> None:
                 tensor = TensorProto()
                 tensor.CopyFrom(inits[b[1]])
                 if uses_external_data(tensor):
-                    load_external_data_for_tensor(tensor, str(base_dir))
+                    load_into(tensor, base_dir)
                 parts.append(numpy_helper.to_array(tensor))
             stacked = np.concatenate(parts)
             graph.initializer.append(numpy_helper.from_array(stacked.astype(np.float32), bias_name))

@@ -15,7 +15,7 @@ INT8, the recipe that measured best (benchmarks/RESULTS.md, "INT8 and FP16"):
   weights' rows by it, moving activation outliers into the weights; the strength ``a`` is
   searched per input on the calibration rows (0.3-0.8: the one whose simulated INT8 product
   moves least); for the
-  attention output (a fused MultiHeadAttention's, slimembed_export.fusion) the division is
+  attention output (a fused MultiHeadAttention's, slimembed.optimize.fusion) the division is
   folded into V's projection instead of a pass over the tensor;
 - GELU outputs (the FFN down-projection's input, the most sensitive) are instead shifted by
   0.17 (GELU >= -0.16997) so every row starts at 0 and uses all 256 levels (its scale then
@@ -41,10 +41,10 @@ import numpy as np
 
 from slimembed import TextEmbedding
 from slimembed.backends import TransformerBackend
+from slimembed.errors import QuantizeError
 from slimembed.manifest import GraphVariant, Manifest
-from slimembed_export.errors import ExportError
-from slimembed_export.onnx_file import EXTERNAL_DATA_BYTES
-from slimembed_export.verify import PROBE_TEXTS, cosines
+from slimembed.optimize.fidelity import PROBE_TEXTS, cosines
+from slimembed.optimize.onnx_file import EXTERNAL_DATA_BYTES, load_into
 
 PRECISION_FILES = {"int8": "model.int8.onnx", "fp16": "model.fp16.onnx"}
 # A quantized graph whose vectors move with the batch they are in is broken, not imprecise
@@ -137,7 +137,6 @@ def quantize_int8(
     """
     import onnx
     from onnx import helper, numpy_helper
-    from onnx.external_data_helper import load_external_data_for_tensor
 
     # Weights stay in the source's external data (a large decoder's) until each is quantized:
     # one weight matrix in memory at a time, not a second copy of all of them.
@@ -159,7 +158,7 @@ def quantize_int8(
     eps = const("q8_eps", np.array(1e-12, dtype=np.float32))
 
     if weight_bits not in (7, 8):
-        raise ExportError(f"INT8 weights are 7 or 8 bits, not {weight_bits}")
+        raise QuantizeError(f"INT8 weights are 7 or 8 bits, not {weight_bits}")
     qmax = float(2 ** (weight_bits - 1) - 1)
     chosen = [n for n in matmuls if n.name not in keep_fp32]
     smoothed: dict[str, str] = {}
@@ -326,9 +325,7 @@ def quantize_int8(
     kept = [i for i in graph.initializer if i.name in used]
     for tensor in kept:  # the target gets its own copy of what it keeps (the embeddings)
         if tensor.data_location == onnx.TensorProto.EXTERNAL:
-            load_external_data_for_tensor(tensor, str(source.parent))
-            tensor.data_location = onnx.TensorProto.DEFAULT
-            del tensor.external_data[:]
+            load_into(tensor, source.parent)
     del graph.initializer[:]
     graph.initializer.extend(kept + consts)
     _save(model, target)
@@ -348,7 +345,8 @@ def quantize_int8(
 def _smooth_scale(top: np.ndarray, w_max: np.ndarray, alpha: float) -> np.ndarray:
     """SmoothQuant's per-channel divisor of an input: ``max|x|^a / max|W|^(1 - a)``."""
     scale = np.maximum(top, 1e-5) ** alpha / np.maximum(w_max, 1e-5) ** (1 - alpha)
-    return np.clip(scale, 1e-2, 1e2).astype(np.float32)
+    clipped: np.ndarray = np.clip(scale, 1e-2, 1e2).astype(np.float32)
+    return clipped
 
 
 def _smooth_alpha(rows: np.ndarray, top: np.ndarray, w: np.ndarray, w_max: np.ndarray) -> float:
@@ -407,7 +405,8 @@ class _Weights:
 
     def row_max(self, name: str) -> np.ndarray:
         """max |w| of each row, after the scalings so far."""
-        return np.abs(self[name]).max(axis=1)
+        top: np.ndarray = np.abs(self[name]).max(axis=1)
+        return top
 
     def scale_rows(self, name: str, scale: np.ndarray) -> None:
         self.rows[name] = self.rows.get(name, 1.0) * scale
@@ -569,11 +568,11 @@ def add_variants(
     """Write the INT8 and/or FP16 graphs of the FP32 graph in ``model_dir``, measure each
     against it, and return the manifest listing them with their figures.
 
-    Raises ExportError when a quantized graph gives non-finite vectors or is not
+    Raises QuantizeError when a quantized graph gives non-finite vectors or is not
     batch-invariant.
     """
     if manifest.precision != "fp32" or manifest.graph_file is None:
-        raise ExportError("quantized graphs are made from an fp32 graph")
+        raise QuantizeError("quantized graphs are made from an fp32 graph")
     source = model_dir / manifest.graph_file
     variants = dict(manifest.variants)
     for precision in precisions:
@@ -597,13 +596,13 @@ def add_variants(
             recipe = convert_fp16(source, target)
             recipe["recipe"] = "float16, norms/softmax/reductions in float32"
         else:
-            raise ExportError(f"unknown precision {precision!r}")
+            raise QuantizeError(f"unknown precision {precision!r}")
         variants[precision] = GraphVariant(target.name, {**recipe, "command": command})
         manifest = manifest.with_changes(variants=dict(variants))
         manifest.save(model_dir)  # the runtime reads the directory's manifest
         figures = measure_fidelity(model_dir, manifest, precision)
         if not figures["finite"] or figures["batch_invariance_min_cosine"] < MIN_BATCH_INVARIANCE:
-            raise ExportError(f"the {precision} graph fails its checks (figures: {figures})")
+            raise QuantizeError(f"the {precision} graph fails its checks (figures: {figures})")
         variants[precision] = GraphVariant(target.name, {**figures, **recipe, "command": command})
         manifest = manifest.with_changes(variants=dict(variants))
     return manifest
@@ -684,7 +683,7 @@ def calibration_texts(tokenizer_file: Path, count: int = CALIBRATION_TEXTS) -> l
         }
     )
     if not words:
-        raise ExportError(f"{tokenizer_file}: no whole words in the vocabulary to calibrate on")
+        raise QuantizeError(f"{tokenizer_file}: no whole words in the vocabulary to calibrate on")
     rng = random.Random(0)
     return [" ".join(rng.choices(words, k=rng.randint(3, 60))) for _ in range(count)]
 
@@ -743,17 +742,17 @@ def variants_in_fresh_process(
     import subprocess
     import sys
 
-    args = [sys.executable, "-m", "slimembed_export.quantize", str(model_dir), *precisions]
+    args = [sys.executable, "-m", "slimembed.optimize.quantize", str(model_dir), *precisions]
     done = subprocess.run([*args, "--command", command], capture_output=True, text=True)
     if done.returncode != 0:
         lines = [line for line in done.stderr.splitlines() if line.strip()]
         last = lines[-1] if lines else f"quantization exited with {done.returncode}"
-        raise ExportError(last.removeprefix("ExportError: "))
+        raise QuantizeError(last.removeprefix("QuantizeError: "))
     return Manifest.load(model_dir)
 
 
 def main(argv: Sequence[str] | None = None) -> None:
-    """``python -m slimembed_export.quantize MODEL_DIR PRECISION... --command CMD``."""
+    """``python -m slimembed.optimize.quantize MODEL_DIR PRECISION... --command CMD``."""
     import argparse
     import sys
 
@@ -766,8 +765,8 @@ def main(argv: Sequence[str] | None = None) -> None:
         manifest = add_variants(
             args.model_dir, Manifest.load(args.model_dir), args.precisions, args.command
         )
-    except ExportError as err:
-        sys.exit(f"ExportError: {err}")
+    except QuantizeError as err:
+        sys.exit(f"QuantizeError: {err}")
     manifest.save(args.model_dir)
 
 
