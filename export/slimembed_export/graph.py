@@ -101,7 +101,7 @@ def export_graph(
     encoders' attention is fused where that is exact (slimembed.optimize.fusion)."""
     if bidirectional and not decoder:
         raise ExportError("bidirectional applies to decoders; encoders are bidirectional already")
-    from slimembed.optimize.fusion import fuse
+    from slimembed.optimize.fusion import fuse as fuse_encoder
     from slimembed_export import decoder as fused_decoder
 
     external = _size(model) > EXTERNAL_DATA_BYTES if external_data is None else external_data
@@ -127,7 +127,7 @@ def export_graph(
     if decoder:
         why = "--no-fuse" if not fuse else not_fused
         return f"{exporter}, unfused ({why})"
-    fused = fuse(path).attention if fuse else 0
+    fused = fuse_encoder(path).attention if fuse else 0
     return f"{exporter}, {fused} attention layers fused" if fused else exporter
 
 
