@@ -7,7 +7,10 @@ pandas or numpy batch and returns it with an embedding column added (a fixed-siz
 float32 in Arrow, a 2-D array in numpy, a column of arrays in pandas). ``embed_dataset``
 wires it up the current way (``compute=ray.data.ActorPoolStrategy(size=N)``), and
 ``embed_file`` is ``slimembed embed --input ... --ray``: Parquet, JSON lines or text in,
-Parquet out, through Ray Data's readers and writer.
+Parquet out, through Ray Data's readers and an ordered Parquet sink (``OrderedParquetSink``:
+Ray's own ``write_parquet`` writes through ``pyarrow.dataset.write_dataset`` with threads on
+and may reorder rows inside a file; ours writes each task's rows with ``pyarrow.parquet`` in
+the order they came, one file per write task, named so that they sort in input order).
 
 A vector does not depend on the batch it was embedded in (bit-identical for static and INT8
 models, within float rounding for FP32), so a Ray job's vectors equal a single process's.
@@ -25,8 +28,11 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+import pyarrow.parquet as pq
 import ray
 import ray.data
+from ray.data.block import BlockAccessor
+from ray.data.datasource import BlockBasedFileDatasink
 
 from slimembed.corpus import INPUT_SUFFIXES, CorpusError, bad_text, check_output
 
@@ -211,11 +217,26 @@ def embed_file(
         ds = ds.select_columns(keep)
         if output.exists():
             shutil.rmtree(output) if output.is_dir() else output.unlink()
-        ds.write_parquet(str(output))
+        ds.write_datasink(OrderedParquetSink(str(output)))
         return sum(int(fragment.metadata.num_rows) for fragment in _parquet_fragments(output))
     finally:
         if started:
             ray.shutdown()
+
+
+class OrderedParquetSink(BlockBasedFileDatasink):
+    """Writes each write task's rows to one Parquet file, in the order the task got them.
+
+    Files are named ``{write}_{task:06}.parquet`` by Ray's filename provider, so
+    with ``preserve_order`` (tasks numbered in input order) the folder's files sorted by
+    name hold the rows in input order, which is how pyarrow reads a folder back.
+    """
+
+    def __init__(self, path: str) -> None:
+        super().__init__(path, file_format="parquet")
+
+    def write_block_to_file(self, block: BlockAccessor, file: Any) -> None:
+        pq.write_table(block.to_arrow(), file)
 
 
 def _parquet_fragments(folder: Path) -> Any:
