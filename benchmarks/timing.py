@@ -17,13 +17,19 @@ from typing import Any, TypeVar
 T = TypeVar("T")
 
 
-def interleaved(engines: dict[str, Callable[[], Any]], reps: int) -> dict[str, list[float]]:
-    """Seconds per repetition for each engine, after one warm-up call each."""
+def interleaved(
+    engines: dict[str, Callable[[], Any]], reps: int, *, alternate: bool = False
+) -> dict[str, list[float]]:
+    """Seconds per repetition for each engine, after one warm-up call each. With
+    ``alternate``, every other repetition runs the engines in reverse order (A B, B A, ...),
+    so that what one engine leaves behind (ONNX Runtime's threads spinning on after a run)
+    does not always fall on the same engine."""
     for fn in engines.values():
         fn()
     times: dict[str, list[float]] = {name: [] for name in engines}
-    for _ in range(reps):
-        for name, fn in engines.items():
+    for rep in range(reps):
+        order = list(engines.items())
+        for name, fn in reversed(order) if alternate and rep % 2 else order:
             start = time.perf_counter()
             fn()
             times[name].append(time.perf_counter() - start)
