@@ -550,7 +550,10 @@ def info(model: str, model_file: str | None, precision: str | None) -> None:
         fusion = manifest.source.get("fusion")
         if fusion:
             click.echo(f"fusion: {fusion}")
-        snapshot = hub.resolve_model(model, model_file=model_file, precision=precision)
+        try:  # the snapshot (open_model gave the directory that runs, which may be ours)
+            snapshot = hub.resolve_model(model, model_file=model_file, precision=precision)
+        except (SlimembedError, ValueError) as err:
+            raise click.ClickException(str(err)) from err
         graphs = repos.graph_files(repos.listing(snapshot))
         for graph in (g for g in graphs if g != original):
             click.echo(f"also here: {graph} ({repos.graph_precision(graph)}; --model-file {graph})")

@@ -69,8 +69,9 @@ _INT8_MARKS = ("qint8", "quint8", "int8", "uint8", "quantized")
 _FP16_MARKS = ("fp16", "float16")
 # Files that hold PyTorch weights: such a repository needs `slimembed export`.
 _WEIGHTS = ("model.safetensors", "pytorch_model.bin", "model.safetensors.index.json")
-# The fused copy of a repository's graph, in its model directory under the cache's adopted/.
-FUSED_GRAPH = "model.onnx"
+# A repository graph's name in the model directory slimembed keeps for it under the cache's
+# adopted/: the fused graph, or the repository's graph linked as it is.
+OWN_GRAPH = "model.onnx"
 # Why a kept manifest ran its graph unfused, when installing onnx would fuse it at next load.
 FUSION_UNAVAILABLE = (
     "not tried: the onnx package is not installed (pip install 'slimembed[quantize]')"
@@ -360,10 +361,10 @@ def _linked_dir(model_dir: Path, manifest: Manifest, out: Path) -> Manifest:
     assert graph is not None
 
     def write(staging: Path) -> Manifest:
-        _link(model_dir / graph, staging / FUSED_GRAPH)
+        _link(model_dir / graph, staging / OWN_GRAPH)
         _link_external_data(model_dir / graph, staging)
         shutil.copyfile(model_dir / manifest.tokenizer_file, staging / manifest.tokenizer_file)
-        linked = manifest.with_changes(graph_file=FUSED_GRAPH)
+        linked = manifest.with_changes(graph_file=OWN_GRAPH)
         linked.save(staging)
         return linked
 
@@ -420,14 +421,14 @@ def _fuse(model_dir: Path, manifest: Manifest, out: Path) -> tuple[Manifest | No
         source = staging / ("source-" + Path(graph).name)
         _link(model_dir / graph, source)
         _link_external_data(model_dir / graph, staging)
-        counts = fuse(source, staging / FUSED_GRAPH)
+        counts = fuse(source, staging / OWN_GRAPH)
         source.unlink()
         if not any(counts):
             return None
         shutil.copyfile(model_dir / manifest.tokenizer_file, staging / manifest.tokenizer_file)
         what = f"{counts.attention} attention layers and {counts.gelu} GELUs fused from {graph}"
         fused = manifest.with_changes(
-            graph_file=FUSED_GRAPH, source={**manifest.source, "fusion": what}
+            graph_file=OWN_GRAPH, source={**manifest.source, "fusion": what}
         )
         fused.save(staging)
         return fused

@@ -1,6 +1,7 @@
-"""What every ONNX file the export writes shares: its opset, and the size past which its
-weights go to an external data file (protobuf caps a message at 2 GB). Torch-free, so the
-quantization step and the fused decoder builder can import it without PyTorch."""
+"""What every ONNX file slimembed writes shares (the export, the fusion at a Hub graph's first
+load, ``slimembed quantize``): its opset, and the size past which its weights go to an
+external data file (protobuf caps a message at 2 GB). Torch-free, so the runtime's fusion and
+quantization and the export's fused decoder builder import it without PyTorch."""
 
 from __future__ import annotations
 
