@@ -31,11 +31,7 @@ exporter as optimum uses it (the ``onnx/model.onnx`` of sentence-transformers re
 Hub: ``token_type_ids`` as a third input, fed zeros on the probe, Shape nodes reading the attention
 tensors for dynamic reshapes, and the scale split as 1/d^(1/4) on each of Q and K). The runtime
 fuses such a graph when it first loads it (slimembed.repos), so a Hub repository runs as fast as
-``slimembed export``'s graph of the same model. The TorchScript exporter also writes each
-projection's bias first (``Add(bias, x)``); the fused graph gets them second, as the dynamo
-exporter writes them (``_constants_second``): ONNX Runtime then runs those Adds in place of their
-(batch, seq, dim) input, and the INT8 graph of such a repository measured 0.91 of the export's
-speed before and level with it after (benchmarks/RESULTS.md, issue 20).
+``slimembed export``'s graph of the same model.
 
 Rows that are all padding (never pooled) get uniform attention instead of the guard's zeros.
 """
@@ -108,7 +104,6 @@ def fuse(path: Path, out: Path | None = None) -> Fused:
     gelus = _fuse_gelu(model)
     if not verified and not gelus:
         return none
-    _constants_second(model)
     if not _complete(model):
         return none
     staging = target.with_name(target.name + ".fusing")
@@ -120,25 +115,6 @@ def fuse(path: Path, out: Path | None = None) -> Fused:
     finally:
         staging.unlink(missing_ok=True)
     return Fused(len(verified), gelus)
-
-
-def _constants_second(model: Any) -> int:
-    """Put the constant operand of each commutative ``Add`` and ``Mul`` second (``x + bias``,
-    not ``bias + x``): the same values (float addition and multiplication commute exactly),
-    and ONNX Runtime may write the result over its first input only, so the big tensor must be
-    that one. Returns how many nodes were turned."""
-    graph = model.graph
-    constant = {i.name for i in graph.initializer}
-    constant |= {o for n in graph.node if n.op_type == "Constant" for o in n.output}
-    turned = 0
-    for node in graph.node:
-        if node.op_type not in ("Add", "Mul") or node.domain or len(node.input) != 2:
-            continue
-        first, second = node.input
-        if first in constant and second not in constant:
-            node.input[0], node.input[1] = second, first
-            turned += 1
-    return turned
 
 
 def _fuse_gelu(model: Any) -> int:
