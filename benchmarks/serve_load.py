@@ -9,7 +9,11 @@ JSON, on the same ``model.onnx`` and thread count, served by uvicorn. fastembed 
 huggingface_hub, so it is installed apart (``pip install --target SITE fastembed fastapi
 uvicorn``) and its server runs with that folder first on its path.
 
-Both servers run in processes of their own on 127.0.0.1, one at a time. The generator (this
+With ``--granian``, slimembed's own application (``slimembed.serve.app.create_app``, the
+same models and settings) is served by granian as well, beside uvicorn, to measure the choice
+of ASGI server (granian is installed apart: ``pip install granian``).
+
+The servers run in processes of their own on 127.0.0.1, one at a time. The generator (this
 process) opens C keep-alive connections, each sending its share of a fixed number of requests
 one after another, for C in 1, 8, 32, 128, with requests of one sentence and of 32; levels are
 interleaved (slimembed, baseline, slimembed, ...). Reported: texts/s over the level and p50,
@@ -134,10 +138,44 @@ def _baseline_server(spec: str, port: int) -> None:
     uvicorn.run(app, host="127.0.0.1", port=port, log_level="warning", access_log=False)
 
 
+def granian_app() -> Any:
+    """slimembed's application for granian's factory: the model of ``SLIMEMBED_BENCH_MODEL``
+    served as ``bench``, with ``slimembed serve``'s default settings."""
+    from slimembed.serve.app import ServeSettings, create_app
+    from slimembed.serve.cli import load_model
+
+    model = load_model(
+        os.environ["SLIMEMBED_BENCH_MODEL"],
+        threads=int(os.environ["SLIMEMBED_BENCH_THREADS"]),
+        precision=os.environ["SLIMEMBED_BENCH_PRECISION"],
+    )
+    return create_app({"bench": model}, ServeSettings())
+
+
+def _granian_server(port: int) -> None:
+    from granian import Granian
+    from granian.constants import Interfaces
+
+    Granian(
+        "benchmarks.serve_load:granian_app",
+        factory=True,
+        interface=Interfaces.ASGI,
+        address="127.0.0.1",
+        port=port,
+        workers=1,
+        log_enabled=False,
+    ).serve()
+
+
 def _start(name: str, args: dict[str, Any]) -> tuple[subprocess.Popen[bytes], int]:
     port = _free_port()
     env = {**os.environ, "SLIMEMBED_LOG_LEVEL": "warning"}
-    if name == "baseline":
+    if name == "granian":
+        env["SLIMEMBED_BENCH_MODEL"] = args["model"]
+        env["SLIMEMBED_BENCH_THREADS"] = str(args["threads"])
+        env["SLIMEMBED_BENCH_PRECISION"] = args["precision"]
+        cmd = [sys.executable, "-m", "benchmarks.serve_load", "--granian-port", str(port)]
+    elif name == "baseline":
         env["PYTHONPATH"] = os.pathsep.join([args["fastembed_site"], str(CHECKOUT)])
         cmd = [sys.executable, "-m", "benchmarks.serve_load", "--baseline-spec", args["spec"]]
         cmd += ["--baseline-port", str(port)]
@@ -159,6 +197,8 @@ def _start(name: str, args: dict[str, Any]) -> tuple[subprocess.Popen[bytes], in
 @click.option("--requests", "n_requests", type=int, default=256, show_default=True)
 @click.option("--workdir", type=click.Path(file_okay=False, path_type=Path), default=None)
 @click.option("--out", type=click.Path(dir_okay=False, path_type=Path), default=None)
+@click.option("--granian", is_flag=True, help="Also serve slimembed's app on granian.")
+@click.option("--granian-port", hidden=True, type=int, default=None)
 @click.option("--baseline-spec", hidden=True, default=None)
 @click.option("--baseline-port", hidden=True, type=int, default=None)
 def main(
@@ -170,9 +210,14 @@ def main(
     n_requests: int,
     workdir: Path | None,
     out: Path | None,
+    granian: bool,
+    granian_port: int | None,
     baseline_spec: str | None,
     baseline_port: int | None,
 ) -> None:
+    if granian_port is not None:
+        _granian_server(granian_port)
+        return
     if baseline_spec is not None:
         assert baseline_port is not None
         _baseline_server(baseline_spec, baseline_port)
@@ -184,9 +229,10 @@ def main(
 
     manifest = Manifest.load(Path(model_dir))
     texts = sts("en-test").sentences1 + sts("en-test").sentences2
-    servers: dict[str, dict[str, Any]] = {
-        "slimembed serve": {"model": model_dir, "threads": threads, "precision": precision}
-    }
+    ours = {"model": model_dir, "threads": threads, "precision": precision}
+    servers: dict[str, dict[str, Any]] = {"slimembed serve": ours}
+    if granian:
+        servers["slimembed app on granian"] = {**ours, "server": "granian"}
     if fastembed_site is not None:
         view = fastembed_view(
             Path(model_dir),
@@ -207,7 +253,7 @@ def main(
     results: dict[str, dict[str, Any]] = {name: {} for name in servers}
     # Both servers stay up (an idle one costs no CPU); each level runs on one, then the other.
     running = {
-        name: _start("baseline" if "spec" in args else "slimembed", args)
+        name: _start(args.get("server", "baseline" if "spec" in args else "slimembed"), args)
         for name, args in servers.items()
     }
     try:

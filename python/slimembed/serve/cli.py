@@ -2,7 +2,9 @@
 
 uvicorn is the ASGI server: well kept, small (with httptools and uvloop where they install),
 and it already does what a server must on SIGTERM: stop accepting, finish the accepted
-requests, then run the lifespan's shutdown.
+requests, then run the lifespan's shutdown. Chosen by measurement over granian (one worker,
+the same application): granian was no faster at 32 or 128 clients and 14-22% slower at one
+and eight (benchmarks/RESULTS.md, "slimembed serve under load").
 """
 
 from __future__ import annotations
